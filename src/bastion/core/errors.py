@@ -8,6 +8,7 @@ Every error that can reach a caller is a :class:`BastionError` with a stable
 
     BastionError
     ├── InvalidRequest            400 invalid_request
+    │   ├── Unsupported           400 unsupported
     │   └── PolicyError           400 invalid_policy (config; carries file:line)
     ├── AuthenticationError       401 authentication_error
     ├── PermissionDenied          403 permission_denied
@@ -21,6 +22,7 @@ Every error that can reach a caller is a :class:`BastionError` with a stable
         ├── UpstreamRateLimited   429 upstream_rate_limited (retry_after)
         ├── UpstreamTimeout       504 upstream_timeout
         ├── UpstreamConnectError  502 upstream_unavailable
+        ├── NoHealthyDeployment   503 no_healthy_deployment (every breaker open)
         └── AllRoutesFailed       last failure's status, code of the last failure;
                                   ``failures`` holds every attempt's error
 
@@ -69,6 +71,12 @@ class InvalidRequest(BastionError):
     status = 400
     code = "invalid_request"
     type = "invalid_request_error"
+
+
+class Unsupported(InvalidRequest):
+    """The request asks for something this provider or format cannot do (e.g. embeddings)."""
+
+    code = "unsupported"
 
 
 class PolicyError(InvalidRequest):
@@ -180,6 +188,13 @@ class UpstreamTimeout(UpstreamFailure):
 class UpstreamConnectError(UpstreamFailure):
     status = 502
     code = "upstream_unavailable"
+
+
+class NoHealthyDeployment(UpstreamFailure):
+    """Every deployment of a model is cooling down (circuit open)."""
+
+    status = 503
+    code = "no_healthy_deployment"
 
 
 class AllRoutesFailed(UpstreamFailure):

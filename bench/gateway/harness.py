@@ -1,0 +1,432 @@
+"""Shared plumbing for the gateway benchmarks (stdlib only).
+
+Processes, a private nginx (static upstream or proxy hop), wrk runs, and per-process-tree
+CPU / RSS accounting from /proc.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+LUA_SCRIPT = HERE / "post.lua"
+BENCH_KEY = "sk-bench-0123456789abcdef"
+BENCH_MODEL = "bench-model"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+CHAT_BODY = (
+    b'{"model":"' + BENCH_MODEL.encode() + b'","messages":[{"role":"user","content":"hello"}]}'
+)
+
+# The fixed upstream answer (a realistic small non-streaming chat.completion).
+UPSTREAM_COMPLETION: dict[str, Any] = {
+    "id": "chatcmpl-bench0001",
+    "object": "chat.completion",
+    "created": 1700000000,
+    "model": "gpt-4o-mini-2024-07-18",
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "Hello! How can I help you today?"},
+            "logprobs": None,
+            "finish_reason": "stop",
+        }
+    ],
+    "usage": {"prompt_tokens": 9, "completion_tokens": 9, "total_tokens": 18},
+    "system_fingerprint": "fp_bench",
+}
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def require_tools(*names: str) -> None:
+    missing = [n for n in names if shutil.which(n) is None]
+    if missing:
+        sys.exit(
+            f"missing tools: {', '.join(missing)} "
+            "(Debian: apt-get update && apt-get install -y wrk nginx util-linux)"
+        )
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+# --------------------------------------------------------------------------- processes
+
+
+class Proc:
+    """A child process in its own session (killed as a group on stop())."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        log_path: Path | None = None,
+        stop_signal: int = signal.SIGTERM,
+    ) -> None:
+        self.name = name
+        self.argv = argv
+        self.stop_signal = stop_signal
+        self.log_path = log_path
+        out = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
+        self.popen = subprocess.Popen(
+            argv,
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        if log_path:
+            out.close()  # type: ignore[union-attr]
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, n: int = 30) -> str:
+        if not self.log_path or not self.log_path.exists():
+            return ""
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(lines[-n:])
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.popen.poll() is not None:
+            return
+        try:
+            os.killpg(self.popen.pid, self.stop_signal)
+        except ProcessLookupError:
+            return
+        try:
+            self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        # Whatever is left in the group (children, or a stubborn leader) gets SIGKILL.
+        try:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            self.popen.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            log(f"warning: {self.name} (pid {self.pid}) did not exit")
+
+
+def pinned(core: int | None, argv: list[str]) -> list[str]:
+    return argv if core is None else ["taskset", "-c", str(core), *argv]
+
+
+# --------------------------------------------------------------------------- /proc accounting
+
+
+def _children_map() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = raw[raw.rindex(")") + 2 :].split()
+        kids.setdefault(int(fields[1]), []).append(int(entry))
+    return kids
+
+
+def process_tree(pid: int) -> list[int]:
+    kids = _children_map()
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(kids.get(p, []))
+    return out
+
+
+def _cpu_ticks(pid: int) -> int:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    fields = raw[raw.rindex(")") + 2 :].split()
+    # fields[0] is field 3 (state): utime=14, stime=15, cutime=16, cstime=17
+    return sum(int(x) for x in fields[11:15])
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """utime+stime (+ reaped children's) of pid and all its live descendants."""
+    return sum(_cpu_ticks(p) for p in process_tree(pid)) / CLK_TCK
+
+
+def _rss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def tree_rss_mib(pid: int) -> tuple[float, float]:
+    """(RSS of pid, summed RSS of pid's whole tree) in MiB."""
+    tree = process_tree(pid)
+    return _rss_kib(pid) / 1024, sum(_rss_kib(p) for p in tree) / 1024
+
+
+# --------------------------------------------------------------------------- HTTP checks
+
+
+def http_status(
+    url: str,
+    *,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 5.0,
+) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=body, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 (127.0.0.1)
+            return int(resp.status), resp.read()
+    except urllib.error.HTTPError as e:
+        return int(e.code), e.read()
+    except (urllib.error.URLError, OSError):
+        return 0, b""
+
+
+def wait_http(
+    url: str,
+    proc: Proc,
+    *,
+    timeout: float,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> None:
+    deadline = time.monotonic() + timeout
+    last = 0
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise RuntimeError(f"{proc.name} exited early:\n{proc.log_tail()}")
+        last, _ = http_status(url, body=body, headers=headers, timeout=2.0)
+        if last == 200:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"{proc.name}: {url} not 200 after {timeout:.0f}s (last {last})")
+
+
+def chat_check(url: str, key: str = BENCH_KEY) -> tuple[int, bytes]:
+    return http_status(
+        url,
+        body=CHAT_BODY,
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"},
+        timeout=30.0,
+    )
+
+
+# --------------------------------------------------------------------------- nginx
+
+
+def _nginx_conf(workdir: Path, port: int, server_block: str, extra_http: str = "") -> str:
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    return f"""{user}daemon off;
+master_process on;
+worker_processes 1;
+pid {workdir}/nginx.pid;
+error_log {workdir}/error.log warn;
+events {{ worker_connections 4096; multi_accept on; }}
+http {{
+    access_log off;
+    client_body_temp_path {workdir}/client_body;
+    proxy_temp_path {workdir}/proxy;
+    fastcgi_temp_path {workdir}/fastcgi;
+    uwsgi_temp_path {workdir}/uwsgi;
+    scgi_temp_path {workdir}/scgi;
+    keepalive_requests 1000000;
+    keepalive_timeout 120s;
+    {extra_http}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        {server_block}
+    }}
+}}
+"""
+
+
+def start_nginx_upstream(workdir: Path, core: int | None) -> tuple[Proc, int]:
+    """Static upstream: POST /v1/chat/completions returns a fixed chat.completion JSON."""
+    port = free_port()
+    body = json.dumps(UPSTREAM_COMPLETION, separators=(",", ":"))
+    # nginx string literal in single quotes: escape backslashes and single quotes.
+    body = body.replace("\\", "\\\\").replace("'", "\\'")
+    block = f"""
+        default_type application/json;
+        location = /v1/chat/completions {{ return 200 '{body}'; }}
+        location = /v1/models {{
+            return 200 '{{"object":"list","data":[{{"id":"gpt-4o-mini","object":"model"}}]}}';
+        }}
+        location / {{ return 404 '{{"error":"not found"}}'; }}
+    """
+    return _start_nginx("nginx-upstream", workdir, port, block, "", core), port
+
+
+def start_nginx_proxy(
+    workdir: Path, upstream_port: int, core: int | None
+) -> tuple[Proc, int]:
+    """A plain nginx reverse-proxy hop with a keep-alive upstream pool."""
+    port = free_port()
+    extra = f"upstream up {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}"
+    block = """
+        location / {
+            proxy_pass http://up;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering on;
+        }
+    """
+    return _start_nginx("nginx-proxy", workdir, port, block, extra, core), port
+
+
+def _start_nginx(
+    name: str, workdir: Path, port: int, block: str, extra: str, core: int | None
+) -> Proc:
+    workdir.mkdir(parents=True, exist_ok=True)
+    conf = workdir / "nginx.conf"
+    conf.write_text(_nginx_conf(workdir, port, block, extra))
+    proc = Proc(
+        name,
+        pinned(core, ["nginx", "-p", str(workdir), "-c", str(conf)]),
+        log_path=workdir / "stdout.log",
+        stop_signal=signal.SIGQUIT,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/v1/models", proc, timeout=15)
+    except RuntimeError:
+        err = (workdir / "error.log").read_text() if (workdir / "error.log").exists() else ""
+        proc.stop()
+        raise RuntimeError(f"{name} failed to start:\n{proc.log_tail()}\n{err}") from None
+    return proc
+
+
+# --------------------------------------------------------------------------- wrk
+
+
+@dataclass
+class WrkResult:
+    connections: int
+    requests: int
+    duration_s: float
+    rps: float
+    p50_us: int
+    p90_us: int
+    p99_us: int
+    mean_us: float
+    max_us: int
+    non2xx: int
+    socket_errors: int
+    first_non2xx: str = ""
+    cpu_s: float | None = None
+    cpu_us_per_req: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d.pop("extra")
+        d.update(self.extra)
+        return d
+
+
+def run_wrk(
+    url: str,
+    *,
+    connections: int,
+    duration_s: float,
+    core: int | None,
+    threads: int = 1,
+    key: str = BENCH_KEY,
+    measure_pid: int | None = None,
+    timeout_s: float = 10.0,
+) -> WrkResult:
+    argv = pinned(
+        core,
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{max(1, round(duration_s))}s",
+            f"--timeout={timeout_s:g}s",
+            "-s",
+            str(LUA_SCRIPT),
+            url,
+        ],
+    )
+    env = dict(os.environ, BENCH_KEY=key, BENCH_MODEL=BENCH_MODEL)
+    cpu0 = tree_cpu_seconds(measure_pid) if measure_pid else None
+    cp = subprocess.run(
+        argv, env=env, capture_output=True, text=True, timeout=duration_s + 60, check=False
+    )
+    cpu1 = tree_cpu_seconds(measure_pid) if measure_pid else None
+    line = next((ln for ln in cp.stdout.splitlines() if ln.startswith("BENCH_RESULT ")), None)
+    if cp.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed (rc {cp.returncode}):\n{cp.stdout}\n{cp.stderr}")
+    data = json.loads(line.removeprefix("BENCH_RESULT "))
+    res = WrkResult(
+        connections=connections,
+        requests=int(data["requests"]),
+        duration_s=data["duration_us"] / 1e6,
+        rps=float(data["rps"]),
+        p50_us=int(data["p50_us"]),
+        p90_us=int(data["p90_us"]),
+        p99_us=int(data["p99_us"]),
+        mean_us=float(data["mean_us"]),
+        max_us=int(data["max_us"]),
+        non2xx=int(data["non2xx"]),
+        socket_errors=sum(
+            int(data[k]) for k in ("connect_errors", "read_errors", "write_errors", "timeouts")
+        ),
+        first_non2xx=str(data.get("first_non2xx", "")),
+    )
+    if cpu0 is not None and cpu1 is not None:
+        res.cpu_s = round(cpu1 - cpu0, 3)
+        if res.requests:
+            res.cpu_us_per_req = round((cpu1 - cpu0) * 1e6 / res.requests, 1)
+    return res
+
+
+def make_tempdir(prefix: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+def fmt_ms(us: float | None) -> str:
+    return "n/a" if us is None else f"{us / 1000:.3f}"
+
+
+def fmt_num(x: float | None, digits: int = 0) -> str:
+    return "n/a" if x is None else f"{x:,.{digits}f}"

@@ -1,0 +1,418 @@
+"""Gateway benchmark: Bastion vs LiteLLM proxy vs an nginx hop, in front of a static upstream.
+
+Stdlib only. Usage (from the repository root):
+
+    .venv/bin/python bench/gateway/run.py [--duration 10] [--targets bastion,litellm,nginx-proxy]
+
+Layout: the static nginx upstream and wrk share core 0 (``--client-core``); each gateway under
+test runs alone on core 1 (``--gateway-core``). The upstream is measured directly first (the
+baseline); "added" latency is gateway latency minus direct latency at the same connection count.
+Prints a Markdown table and writes JSON to bench/results/gateway-<timestamp>.json.
+Exit status: 0 if every target that ran had only 2xx answers, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import harness as h  # noqa: E402
+
+REPO = h.HERE.parent.parent
+RESULTS_DIR = REPO / "bench" / "results"
+DEFAULT_BASTION = REPO / ".venv" / "bin" / "bastion"
+DEFAULT_LITELLM = REPO / "bench" / ".venv-litellm" / "bin" / "litellm"
+UPSTREAM_KEY = "sk-upstream-bench"
+ALL_TARGETS = ("bastion", "litellm", "nginx-proxy")
+
+
+class SkipTarget(Exception):
+    """The target cannot run here (not installed / not runnable yet)."""
+
+
+@dataclass
+class Started:
+    proc: h.Proc
+    url: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Ctx:
+    args: argparse.Namespace
+    workdir: Path
+    upstream_port: int
+    procs: list[h.Proc] = field(default_factory=list)
+
+    @property
+    def upstream_v1(self) -> str:
+        return f"http://127.0.0.1:{self.upstream_port}/v1"
+
+
+# --------------------------------------------------------------------------- targets
+
+
+def start_nginx_proxy(ctx: Ctx) -> Started:
+    proc, port = h.start_nginx_proxy(
+        ctx.workdir / "nginx-proxy", ctx.upstream_port, ctx.args.gateway_core
+    )
+    ctx.procs.append(proc)
+    return Started(proc, f"http://127.0.0.1:{port}", {"version": nginx_version()})
+
+
+def _version_of(python: Path, dist: str) -> str:
+    try:
+        cp = subprocess.run(
+            [str(python), "-c", f"import importlib.metadata as m; print(m.version({dist!r}))"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return cp.stdout.strip() or "unknown"
+
+
+def start_litellm(ctx: Ctx) -> Started:
+    exe = Path(ctx.args.litellm_bin)
+    if not exe.exists():
+        raise SkipTarget(
+            f"{exe} not found; install with: python3 -m venv bench/.venv-litellm && "
+            "bench/.venv-litellm/bin/pip install 'litellm[proxy]'"
+        )
+    wd = ctx.workdir / "litellm"
+    wd.mkdir()
+    cfg = wd / "config.yaml"
+    cfg.write_text(
+        f"""model_list:
+  - model_name: {h.BENCH_MODEL}
+    litellm_params:
+      model: openai/gpt-4o-mini
+      api_base: {ctx.upstream_v1}
+      api_key: {UPSTREAM_KEY}
+litellm_settings:
+  telemetry: false
+general_settings:
+  master_key: {ctx.args.key}
+"""
+    )
+    port = h.free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_HOST")}
+    env.update(
+        LITELLM_LOG="ERROR",
+        LITELLM_TELEMETRY="False",
+        LITELLM_LOCAL_MODEL_COST_MAP="True",
+        LITELLM_MODE="PRODUCTION",
+        NO_DOCS="True",
+        HOME=str(wd),
+    )
+    argv = [str(exe), "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port)]
+    argv += ["--num_workers", "1", "--telemetry", "False"]
+    proc = h.Proc(
+        "litellm", h.pinned(ctx.args.gateway_core, argv), env=env, cwd=wd,
+        log_path=wd / "litellm.log",
+    )
+    ctx.procs.append(proc)
+    base = f"http://127.0.0.1:{port}"
+    h.wait_http(f"{base}/health/liveliness", proc, timeout=ctx.args.ready_timeout)
+    version = _version_of(exe.parent / "python", "litellm")
+    return Started(proc, base, {"version": version, "config": cfg.read_text()})
+
+
+def bastion_policy(ctx: Ctx) -> str:
+    policy = f"""providers:
+  up: {{type: openai, base_url: "{ctx.upstream_v1}", api_key: "env:UPSTREAM_KEY"}}
+models:
+  {h.BENCH_MODEL}:
+    routes: [{{provider: up, model: gpt-4o-mini}}]
+"""
+    extra = ctx.args.bastion_policy
+    if extra:
+        p = Path(extra)
+        snippet = p.read_text() if p.exists() else extra
+        policy += "\n# --bastion-policy snippet\n" + snippet.rstrip() + "\n"
+    return policy
+
+
+def start_bastion(ctx: Ctx) -> Started:
+    exe = Path(ctx.args.bastion_bin)
+    if not exe.exists():
+        raise SkipTarget(f"{exe} not found (pip install -e . in the main venv)")
+    try:
+        cp = subprocess.run(
+            [str(exe), "serve", "--help"], capture_output=True, text=True, timeout=60,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise SkipTarget(f"`{exe} serve --help` timed out") from None
+    if cp.returncode != 0:
+        tail = (cp.stderr or cp.stdout).strip().splitlines()[-1:] or ["(no output)"]
+        raise SkipTarget(f"`bastion serve` is not runnable yet (rc {cp.returncode}): {tail[0]}")
+    wd = ctx.workdir / "bastion"
+    (wd / "data").mkdir(parents=True)
+    policy = wd / "policy.yaml"
+    policy.write_text(bastion_policy(ctx))
+    port = h.free_port()
+    env = dict(os.environ)
+    env.update(
+        BASTION_ADMIN_KEY=ctx.args.key,
+        BASTION_DATA_DIR=str(wd / "data"),
+        UPSTREAM_KEY=UPSTREAM_KEY,
+    )
+    for kv in ctx.args.bastion_env:
+        k, _, v = kv.partition("=")
+        env[k] = v
+    argv = [str(exe), "serve", "--policy", str(policy), "--host", "127.0.0.1", "--port", str(port)]
+    proc = h.Proc(
+        "bastion", h.pinned(ctx.args.gateway_core, argv), env=env, cwd=wd,
+        log_path=wd / "bastion.log",
+    )
+    ctx.procs.append(proc)
+    base = f"http://127.0.0.1:{port}"
+    h.wait_http(f"{base}/readyz", proc, timeout=ctx.args.ready_timeout)
+    version = _version_of(REPO / ".venv" / "bin" / "python", "bastion")
+    return Started(proc, base, {"version": version, "git": git_rev(), "policy": policy.read_text()})
+
+
+STARTERS: dict[str, Callable[[Ctx], Started]] = {
+    "bastion": start_bastion,
+    "litellm": start_litellm,
+    "nginx-proxy": start_nginx_proxy,
+}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def nginx_version() -> str:
+    cp = subprocess.run(["nginx", "-v"], capture_output=True, text=True, check=False)
+    return cp.stderr.strip().split("/")[-1]
+
+
+def wrk_version() -> str:
+    cp = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
+    first = (cp.stdout or cp.stderr).strip().splitlines()
+    return first[0].split(" [")[0] if first else "unknown"
+
+
+def git_rev() -> str:
+    try:
+        cp = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=False,
+        )
+        return cp.stdout.strip() or "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def machine_info() -> dict[str, Any]:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu_model": model,
+        "cpus": h.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
+
+
+def bench_target(
+    name: str, url: str, pid: int, ctx: Ctx, baseline: dict[int, h.WrkResult] | None
+) -> dict[str, Any]:
+    a = ctx.args
+    chat = f"{url}/v1/chat/completions"
+    status, body = h.chat_check(chat, a.key)
+    ok = status == 200 and b'"choices"' in body
+    out: dict[str, Any] = {"preflight_status": status}
+    if not ok:
+        out["error"] = f"preflight POST returned {status}: {body[:300]!r}"
+        return out
+    if a.warmup > 0:
+        h.log(f"{name}: warm-up {a.warmup:g}s at -c{max(a.connections)}")
+        h.run_wrk(chat, connections=max(a.connections), duration_s=a.warmup,
+                  core=a.client_core, key=a.key)
+    runs: dict[str, Any] = {}
+    for c in a.connections:
+        h.log(f"{name}: {a.duration:g}s at -c{c} -t1")
+        r = h.run_wrk(chat, connections=c, duration_s=a.duration, core=a.client_core,
+                      key=a.key, measure_pid=pid)
+        d = r.to_json()
+        if baseline and c in baseline:
+            d["added_p50_us"] = r.p50_us - baseline[c].p50_us
+            d["added_p99_us"] = r.p99_us - baseline[c].p99_us
+        runs[str(c)] = d
+        if r.non2xx or r.socket_errors:
+            h.log(f"WARNING {name} -c{c}: {r.non2xx} non-2xx, {r.socket_errors} socket errors "
+                  f"(first: {r.first_non2xx})")
+    rss, rss_tree = h.tree_rss_mib(pid)
+    out.update(
+        runs=runs,
+        rss_mib=round(rss, 1),
+        rss_tree_mib=round(rss_tree, 1),
+        processes=len(h.process_tree(pid)),
+        flagged=any(r["non2xx"] or r["socket_errors"] for r in runs.values()),
+    )
+    return out
+
+
+def markdown(results: dict[str, Any], conns: list[int]) -> str:
+    hdr = ("| target | conns | req/s | p50 ms | p99 ms | added p50 ms | added p99 ms "
+           "| CPU µs/req | RSS MiB | non-2xx |")
+    lines = [hdr, "|" + "---|" * 10]
+    for name, res in results.items():
+        if "skipped" in res:
+            lines.append(f"| {name} | – | SKIPPED: {res['skipped']} |||||||| ")
+            continue
+        if "error" in res:
+            lines.append(f"| {name} | – | ERROR: {res['error'][:160]} |||||||| ")
+            continue
+        label = f"**{name} ⚠ NON-2XX/ERRORS**" if res.get("flagged") else name
+        rss = f"{res['rss_mib']:.1f}"
+        if res["rss_tree_mib"] - res["rss_mib"] > 0.5:
+            rss += f" (tree {res['rss_tree_mib']:.1f})"
+        for c in conns:
+            r = res["runs"][str(c)]
+            bad = r["non2xx"] + r["socket_errors"]
+            lines.append(
+                f"| {label} | {c} | {h.fmt_num(r['rps'])} | {h.fmt_ms(r['p50_us'])} "
+                f"| {h.fmt_ms(r['p99_us'])} | {h.fmt_ms(r.get('added_p50_us'))} "
+                f"| {h.fmt_ms(r.get('added_p99_us'))} | {h.fmt_num(r['cpu_us_per_req'], 1)} "
+                f"| {rss} | {bad if bad else 0} |"
+            )
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per measured run")
+    p.add_argument("--warmup", type=float, default=3.0, help="warm-up seconds per target")
+    p.add_argument("--connections", default="1,32", help="comma list (wrk -c), -t1 always")
+    p.add_argument("--targets", default=",".join(ALL_TARGETS),
+                   help=f"comma list from {','.join(ALL_TARGETS)} (direct baseline always runs)")
+    p.add_argument("--bastion-policy", default="",
+                   help="extra YAML appended to the generated policy (file path or text); "
+                        "must not redefine providers/models")
+    p.add_argument("--bastion-env", action="append", default=[], metavar="K=V",
+                   help="extra environment for bastion serve (repeatable)")
+    p.add_argument("--bastion-bin", default=str(DEFAULT_BASTION))
+    p.add_argument("--litellm-bin", default=str(DEFAULT_LITELLM))
+    p.add_argument("--key", default=h.BENCH_KEY, help="bench API key (LiteLLM needs sk-...)")
+    p.add_argument("--gateway-core", type=int, default=1)
+    p.add_argument("--client-core", type=int, default=0, help="core for wrk and the upstream")
+    p.add_argument("--ready-timeout", type=float, default=180.0)
+    p.add_argument("--out", default="", help="JSON path (default bench/results/gateway-<ts>.json)")
+    a = p.parse_args(argv)
+    a.connections = [int(x) for x in a.connections.split(",") if x]
+    a.targets = [t.strip() for t in a.targets.split(",") if t.strip()]
+    for t in a.targets:
+        if t not in STARTERS:
+            p.error(f"unknown target {t!r}; choose from {', '.join(ALL_TARGETS)}")
+    cores = os.sched_getaffinity(0)
+    if a.gateway_core not in cores or a.client_core not in cores:
+        p.error(f"cores {a.client_core}/{a.gateway_core} not available (have {sorted(cores)})")
+    return a
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    h.require_tools("wrk", "nginx", "taskset")
+    signal.signal(signal.SIGTERM, _on_signal)
+    ts = time.strftime("%Y%m%d-%H%M%S")
+    workdir = h.make_tempdir("bastion-bench-")
+    upstream: h.Proc | None = None
+    ctx: Ctx | None = None
+    results: dict[str, Any] = {}
+    try:
+        upstream, up_port = h.start_nginx_upstream(workdir / "upstream", a.client_core)
+        ctx = Ctx(a, workdir, up_port)
+        h.log(f"nginx upstream on 127.0.0.1:{up_port} (core {a.client_core}, with wrk)")
+        direct = bench_target("nginx-direct", f"http://127.0.0.1:{up_port}", upstream.pid,
+                              ctx, None)
+        results["nginx-direct"] = direct
+        if "runs" not in direct:
+            raise RuntimeError(f"upstream baseline failed: {direct}")
+        baseline = {
+            c: h.WrkResult(**{k: v for k, v in direct["runs"][str(c)].items()
+                              if k in h.WrkResult.__dataclass_fields__ and k != "extra"})
+            for c in a.connections
+        }
+        for name in a.targets:
+            h.log(f"--- {name}")
+            started: Started | None = None
+            try:
+                started = STARTERS[name](ctx)
+                res = bench_target(name, started.url, started.proc.pid, ctx, baseline)
+                res.update(started.info)
+                results[name] = res
+                if "error" in res:
+                    h.log(f"{name}: {res['error']}")
+            except SkipTarget as e:
+                h.log(f"{name}: SKIPPED - {e}")
+                results[name] = {"skipped": str(e)}
+            except RuntimeError as e:
+                h.log(f"{name}: ERROR - {e}")
+                results[name] = {"error": str(e)}
+            finally:
+                if started is not None:
+                    started.proc.stop()
+    finally:
+        for p in (ctx.procs if ctx else []):
+            p.stop()
+        if upstream is not None:
+            upstream.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    report = {
+        "timestamp": ts,
+        "machine": machine_info(),
+        "layout": {
+            "client_core": a.client_core,
+            "gateway_core": a.gateway_core,
+            "note": "wrk and the static nginx upstream share client_core; the gateway under "
+                    "test runs alone on gateway_core",
+        },
+        "tools": {"wrk": wrk_version(), "nginx": nginx_version()},
+        "params": {"duration_s": a.duration, "warmup_s": a.warmup,
+                   "connections": a.connections, "wrk_threads": 1},
+        "results": results,
+    }
+    out = Path(a.out) if a.out else RESULTS_DIR / f"gateway-{ts}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(markdown(results, a.connections))
+    print(f"\nJSON: {out}")
+    flagged = [n for n, r in results.items() if r.get("flagged") or "error" in r]
+    if flagged:
+        print(f"FLAGGED (non-2xx, socket errors or failures): {', '.join(flagged)}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

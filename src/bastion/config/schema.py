@@ -1,0 +1,144 @@
+"""The policy file schema (config as code).
+
+Every model is ``extra="forbid"``: a misspelt key is an error, never silently
+ignored. Secrets are *references* (``env:NAME`` or ``file:/path``), never
+literals; :func:`bastion.core.secrets.resolve` turns them into values at the
+moment a provider is built, and they are never serialised back.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from bastion.core.secrets import SecretRef
+
+NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProviderConfig(Strict):
+    """One backend. ``type`` picks the adapter (built in or a registered plugin)."""
+
+    type: str = Field(description="Adapter: openai, anthropic, local, fake, or a plugin's name.")
+    base_url: str | None = None
+    api_key: SecretRef | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    max_connections: int = Field(default=256, ge=1, le=10_000)
+    azure_api_version: str | None = None
+    anthropic_version: str | None = None
+    # local provider
+    model_path: str | None = None
+    n_ctx: int = Field(default=2048, ge=256, le=131_072)
+    n_threads: int | None = Field(default=None, ge=1)
+    max_concurrency: int = Field(default=1, ge=1, le=64)
+    max_queue: int = Field(default=16, ge=0, le=10_000)
+    default_model: str | None = Field(
+        default=None, description="Model used when a fallback names this provider alone."
+    )
+
+    @field_validator("headers")
+    @classmethod
+    def _no_literal_auth(cls, v: dict[str, str]) -> dict[str, str]:
+        for key in v:
+            if key.lower() in {"authorization", "x-api-key", "api-key"}:
+                raise ValueError(f"header {key!r} carries a secret: use api_key with env:NAME")
+        return v
+
+
+class RouteConfig(Strict):
+    """One deployment of a model: a provider and the provider's model name."""
+
+    provider: str
+    model: str | None = Field(default=None, description="Provider-side model name.")
+    weight: float = Field(default=1.0, gt=0)
+
+
+class TimeoutConfig(Strict):
+    connect_s: float = Field(default=5.0, gt=0)
+    first_byte_s: float = Field(default=60.0, gt=0)
+    total_s: float = Field(default=600.0, gt=0)
+    stream_idle_s: float = Field(default=30.0, gt=0)
+
+
+class RetryConfig(Strict):
+    attempts: int = Field(default=2, ge=0, le=10, description="Retries after the first try.")
+    backoff: Literal["exponential", "constant"] = "exponential"
+    base_s: float = Field(default=0.2, ge=0)
+    max_s: float = Field(default=8.0, ge=0)
+    max_retry_after_s: float = Field(
+        default=30.0, ge=0, description="A longer Retry-After moves on to the next route."
+    )
+
+
+class BreakerConfig(Strict):
+    consecutive_failures: int = Field(default=5, ge=1)
+    error_rate: float = Field(default=0.5, gt=0, le=1)
+    window_s: float = Field(default=30.0, gt=0)
+    min_requests: int = Field(default=10, ge=1)
+    cooldown_s: float = Field(default=30.0, gt=0)
+
+
+FallbackRef = Annotated[str, Field(pattern=NAME)] | RouteConfig
+
+
+class ModelConfig(Strict):
+    """A model alias callers use, and how it is served."""
+
+    type: Literal["chat", "embedding"] = "chat"
+    routes: list[RouteConfig] = Field(min_length=1)
+    fallbacks: list[FallbackRef] = Field(
+        default_factory=list,
+        description="Tried in order after every route failed: a model alias, a provider "
+        "(its default model), or a {provider, model} route.",
+    )
+    strategy: Literal["weighted", "latency"] = "weighted"
+    timeout_s: float | None = Field(default=None, gt=0, description="Shortcut for timeouts.total_s")
+    timeouts: TimeoutConfig = Field(default_factory=TimeoutConfig)
+    retries: RetryConfig = Field(default_factory=RetryConfig)
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    description: str | None = None
+
+
+class KeyConfig(Strict):
+    """A virtual key declared in the policy file (besides keys made with the CLI)."""
+
+    secret: SecretRef | None = None
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    models: list[str] = Field(default_factory=lambda: ["*"])
+    admin: bool = False
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> KeyConfig:
+        if (self.secret is None) == (self.sha256 is None):
+            raise ValueError("give exactly one of secret (env:NAME) or sha256")
+        return self
+
+
+class ServerConfig(Strict):
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    expose_upstream_errors: bool = True
+
+
+class TelemetryConfig(Strict):
+    otlp_endpoint: str | None = Field(default=None, description="OTLP/HTTP traces endpoint.")
+    service_name: str = "bastion"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_content: bool = Field(default=False, description="Log prompts and completions (off).")
+
+
+class Policy(Strict):
+    """The whole policy file."""
+
+    version: Literal[1] = 1
+    providers: dict[Annotated[str, Field(pattern=NAME)], ProviderConfig] = Field(
+        default_factory=dict
+    )
+    models: dict[Annotated[str, Field(pattern=NAME)], ModelConfig] = Field(default_factory=dict)
+    keys: dict[Annotated[str, Field(pattern=NAME)], KeyConfig] = Field(default_factory=dict)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)

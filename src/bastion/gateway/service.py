@@ -1,0 +1,214 @@
+"""The gateway service: a policy turned into providers, plans and keys.
+
+:class:`Gateway` holds an immutable :class:`Runtime` snapshot built from a
+validated policy. ``apply(policy)`` builds the next snapshot (reusing provider
+instances, connection pools and breakers whose configuration did not change)
+and swaps it in one assignment, so requests in flight finish on the snapshot
+they started with. A policy that fails to build leaves the old one serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+
+from bastion.config.schema import ModelConfig, Policy, ProviderConfig, RouteConfig
+from bastion.core.errors import InvalidRequest, ModelNotFound
+from bastion.core.secrets import hash_key, resolve
+from bastion.core.types import JSON, ChatRequest, EmbeddingRequest
+from bastion.gateway.auth import KeyRecord, KeyRing, KeyStore, Principal
+from bastion.gateway.breaker import CircuitBreaker
+from bastion.gateway.router import Deployment, ModelPlan, Router, RouterObserver, breaker_listener
+from bastion.providers import registry
+from bastion.providers.base import CallContext, Provider, Timeouts
+
+log = logging.getLogger("bastion.gateway")
+
+
+@dataclass(slots=True)
+class Runtime:
+    """One applied policy."""
+
+    policy: Policy
+    providers: dict[str, tuple[ProviderConfig, Provider]]
+    plans: dict[str, ModelPlan]
+    deployments: dict[str, Deployment] = field(default_factory=dict)
+
+
+def _timeouts(m: ModelConfig) -> Timeouts:
+    t = m.timeouts
+    total = m.timeout_s if m.timeout_s is not None else t.total_s
+    return Timeouts(
+        connect=t.connect_s,
+        first_byte=min(t.first_byte_s, total),
+        total=total,
+        stream_idle=t.stream_idle_s,
+    )
+
+
+class Gateway:
+    """Routes authenticated calls to providers under the current policy."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        observer: RouterObserver | None = None,
+        keystore: KeyStore | None = None,
+        extra_keys: Iterable[KeyRecord] = (),
+        factories: dict[str, registry.Factory] | None = None,
+    ) -> None:
+        self.observer = observer
+        self.router = Router(observer)
+        self.keystore = keystore
+        self.extra_keys = list(extra_keys)
+        self._factories = factories
+        self._keys_version = -1
+        self.keyring = KeyRing()
+        self.rt = self._build(policy, None)
+        self.refresh_keys(force=True)
+
+    # ------------------------------------------------------------------ policy
+    def _build(self, policy: Policy, old: Runtime | None) -> Runtime:
+        providers: dict[str, tuple[ProviderConfig, Provider]] = {}
+        for name, cfg in policy.providers.items():
+            prev = old.providers.get(name) if old else None
+            if prev is not None and prev[0] == cfg:
+                providers[name] = prev
+            else:
+                providers[name] = (cfg, registry.build(name, cfg, self._factories))
+        old_deps = old.deployments if old else {}
+        deployments: dict[str, Deployment] = {}
+        plans: dict[str, ModelPlan] = {}
+
+        def deployment(route: RouteConfig, model: ModelConfig) -> Deployment:
+            cfg, provider = providers[route.provider]
+            target = route.model or registry.default_model(route.provider, cfg)
+            dep_id = f"{route.provider}/{target}"
+            prev = old_deps.get(dep_id)
+            if dep_id in deployments:
+                return deployments[dep_id]
+            if prev is not None and prev.provider is provider and prev.breaker.cfg == model.breaker:
+                dep = Deployment(dep_id, provider, target, route.weight, prev.breaker, prev.ewma_s)
+            else:
+                breaker = CircuitBreaker(
+                    model.breaker, on_change=breaker_listener(self.observer, dep_id)
+                )
+                dep = Deployment(dep_id, provider, target, route.weight, breaker)
+            deployments[dep_id] = dep
+            return dep
+
+        for alias, m in policy.models.items():
+            plans[alias] = ModelPlan(
+                alias=alias,
+                type=m.type,
+                deployments=[deployment(r, m) for r in m.routes],
+                timeouts=_timeouts(m),
+                retries=m.retries,
+                strategy=m.strategy,
+            )
+        for alias, m in policy.models.items():
+            for fb in m.fallbacks:
+                if isinstance(fb, RouteConfig):
+                    plans[alias].fallbacks.append(deployment(fb, m))
+                elif fb in plans:
+                    plans[alias].fallbacks.append(plans[fb])
+                else:
+                    plans[alias].fallbacks.append(deployment(RouteConfig(provider=fb), m))
+        return Runtime(policy, providers, plans, deployments)
+
+    async def apply(self, policy: Policy) -> None:
+        """Swap in a new policy; close providers it no longer uses."""
+        old = self.rt
+        new = self._build(policy, old)
+        self.rt = new
+        self.refresh_keys(force=True)
+        kept = {id(p) for _, p in new.providers.values()}
+        stale = [p for _, p in old.providers.values() if id(p) not in kept]
+        if stale:
+            # let requests in flight on the old snapshot finish first
+            asyncio.get_running_loop().call_later(
+                30, lambda: [asyncio.ensure_future(p.aclose()) for p in stale]
+            )
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(p.aclose() for _, p in self.rt.providers.values()))
+
+    # ------------------------------------------------------------------ keys
+    def policy_keys(self) -> list[KeyRecord]:
+        out = []
+        for name, k in self.rt.policy.keys.items():
+            if k.sha256:
+                digest = k.sha256
+            else:
+                secret = resolve(k.secret)
+                assert secret is not None
+                digest = hash_key(secret.reveal())
+            out.append(KeyRecord(id=f"policy:{name}", name=name, hash=digest,
+                                 models=tuple(k.models), admin=k.admin))  # fmt: skip
+        return out
+
+    def refresh_keys(self, force: bool = False) -> bool:
+        """Rebuild the key ring if the key store changed. Returns whether it did."""
+        version = self.keystore.version() if self.keystore is not None else 0
+        if not force and version == self._keys_version:
+            return False
+        records = list(self.extra_keys) + self.policy_keys()
+        if self.keystore is not None:
+            records += self.keystore.list()
+        self.keyring = KeyRing(records)
+        self._keys_version = version
+        return True
+
+    def authenticate(self, token: str | None) -> Principal:
+        return self.keyring.authenticate(token)
+
+    # ------------------------------------------------------------------ models
+    def plan(self, principal: Principal, model: str, kind: str) -> ModelPlan:
+        plan = self.rt.plans.get(model)
+        if plan is None or not principal.may_use(model):
+            # the same error for "missing" and "not yours": no model enumeration
+            raise ModelNotFound(f"model {model!r} does not exist or is not available to this key",
+                                param="model")  # fmt: skip
+        if plan.type != kind:
+            raise InvalidRequest(f"model {model!r} is a {plan.type} model, not {kind}",
+                                 param="model")  # fmt: skip
+        return plan
+
+    def models_for(self, principal: Principal) -> list[JSON]:
+        return [
+            {"id": alias, "object": "model", "created": 0, "owned_by": "bastion",
+             "type": plan.type}
+            for alias, plan in self.rt.plans.items()
+            if principal.may_use(alias)
+        ]  # fmt: skip
+
+    # ------------------------------------------------------------------ calls
+    async def chat(
+        self, plan: ModelPlan, req: ChatRequest, ctx: CallContext
+    ) -> tuple[Deployment, JSON]:
+        async def call(dep: Deployment, timeouts: Timeouts) -> JSON:
+            ctx.timeouts = timeouts
+            return await dep.provider.chat(req, dep.model, ctx)
+
+        return await self.router.call(plan, call, ctx)
+
+    async def chat_stream(
+        self, plan: ModelPlan, req: ChatRequest, ctx: CallContext
+    ) -> tuple[Deployment, AsyncIterator[JSON]]:
+        def open_stream(dep: Deployment, timeouts: Timeouts) -> AsyncIterator[JSON]:
+            ctx.timeouts = timeouts
+            return dep.provider.chat_stream(req, dep.model, ctx)
+
+        return await self.router.stream(plan, open_stream, ctx)
+
+    async def embed(
+        self, plan: ModelPlan, req: EmbeddingRequest, ctx: CallContext
+    ) -> tuple[Deployment, JSON]:
+        async def call(dep: Deployment, timeouts: Timeouts) -> JSON:
+            ctx.timeouts = timeouts
+            return await dep.provider.embed(req, dep.model, ctx)
+
+        return await self.router.call(plan, call, ctx)
