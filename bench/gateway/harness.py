@@ -6,6 +6,7 @@ CPU / RSS accounting from /proc.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -125,15 +126,11 @@ class Proc:
             os.killpg(self.popen.pid, self.stop_signal)
         except ProcessLookupError:
             return
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pass
         # Whatever is left in the group (children, or a stubborn leader) gets SIGKILL.
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.popen.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         try:
             self.popen.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -214,7 +211,7 @@ def http_status(
 ) -> tuple[int, bytes]:
     req = urllib.request.Request(url, data=body, headers=headers or {})
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 (127.0.0.1)
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             return int(resp.status), resp.read()
     except urllib.error.HTTPError as e:
         return int(e.code), e.read()
@@ -297,9 +294,7 @@ def start_nginx_upstream(workdir: Path, core: int | None) -> tuple[Proc, int]:
     return _start_nginx("nginx-upstream", workdir, port, block, "", core), port
 
 
-def start_nginx_proxy(
-    workdir: Path, upstream_port: int, core: int | None
-) -> tuple[Proc, int]:
+def start_nginx_proxy(workdir: Path, upstream_port: int, core: int | None) -> tuple[Proc, int]:
     """A plain nginx reverse-proxy hop with a keep-alive upstream pool."""
     port = free_port()
     extra = f"upstream up {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}"
@@ -430,3 +425,77 @@ def fmt_ms(us: float | None) -> str:
 
 def fmt_num(x: float | None, digits: int = 0) -> str:
     return "n/a" if x is None else f"{x:,.{digits}f}"
+
+
+@dataclass
+class BenchParams:
+    connections: list[int]
+    duration_s: float
+    warmup_s: float
+    client_core: int | None
+    key: str = BENCH_KEY
+
+
+def baseline_of(direct: dict[str, Any]) -> dict[int, tuple[int, int]]:
+    """{connections: (p50_us, p99_us)} from a bench_target() result."""
+    return {int(c): (r["p50_us"], r["p99_us"]) for c, r in direct.get("runs", {}).items()}
+
+
+def bench_target(
+    name: str,
+    url: str,
+    pid: int,
+    bp: BenchParams,
+    baseline: dict[int, tuple[int, int]] | None,
+) -> dict[str, Any]:
+    """Preflight one chat request, warm up, then one wrk run per connection count.
+
+    CPU is the utime+stime delta of pid's process tree over each measured run; RSS is read
+    after the last run. A preflight that is not a 200 chat.completion aborts the target
+    (result has "error"); non-2xx answers or socket errors during runs set "flagged".
+    """
+    chat = f"{url}/v1/chat/completions"
+    status, body = chat_check(chat, bp.key)
+    out: dict[str, Any] = {"preflight_status": status}
+    if status != 200 or b'"choices"' not in body:
+        out["error"] = f"preflight POST returned {status}: {body[:300]!r}"
+        return out
+    if bp.warmup_s > 0:
+        log(f"{name}: warm-up {bp.warmup_s:g}s at -c{max(bp.connections)}")
+        run_wrk(
+            chat,
+            connections=max(bp.connections),
+            duration_s=bp.warmup_s,
+            core=bp.client_core,
+            key=bp.key,
+        )
+    runs: dict[str, Any] = {}
+    for c in bp.connections:
+        log(f"{name}: {bp.duration_s:g}s at -c{c} -t1")
+        r = run_wrk(
+            chat,
+            connections=c,
+            duration_s=bp.duration_s,
+            core=bp.client_core,
+            key=bp.key,
+            measure_pid=pid,
+        )
+        d = r.to_json()
+        if baseline and c in baseline:
+            d["added_p50_us"] = r.p50_us - baseline[c][0]
+            d["added_p99_us"] = r.p99_us - baseline[c][1]
+        runs[str(c)] = d
+        if r.non2xx or r.socket_errors:
+            log(
+                f"WARNING {name} -c{c}: {r.non2xx} non-2xx, {r.socket_errors} socket errors "
+                f"(first: {r.first_non2xx})"
+            )
+    rss, rss_tree = tree_rss_mib(pid)
+    out.update(
+        runs=runs,
+        rss_mib=round(rss, 1),
+        rss_tree_mib=round(rss_tree, 1),
+        processes=len(process_tree(pid)),
+        flagged=any(r["non2xx"] or r["socket_errors"] for r in runs.values()),
+    )
+    return out

@@ -30,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import harness as h  # noqa: E402
+import harness as h
 
 REPO = h.HERE.parent.parent
 RESULTS_DIR = REPO / "bench" / "results"
@@ -124,7 +124,10 @@ general_settings:
     argv = [str(exe), "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port)]
     argv += ["--num_workers", "1", "--telemetry", "False"]
     proc = h.Proc(
-        "litellm", h.pinned(ctx.args.gateway_core, argv), env=env, cwd=wd,
+        "litellm",
+        h.pinned(ctx.args.gateway_core, argv),
+        env=env,
+        cwd=wd,
         log_path=wd / "litellm.log",
     )
     ctx.procs.append(proc)
@@ -155,7 +158,10 @@ def start_bastion(ctx: Ctx) -> Started:
         raise SkipTarget(f"{exe} not found (pip install -e . in the main venv)")
     try:
         cp = subprocess.run(
-            [str(exe), "serve", "--help"], capture_output=True, text=True, timeout=60,
+            [str(exe), "serve", "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
             check=False,
         )
     except subprocess.TimeoutExpired:
@@ -179,7 +185,10 @@ def start_bastion(ctx: Ctx) -> Started:
         env[k] = v
     argv = [str(exe), "serve", "--policy", str(policy), "--host", "127.0.0.1", "--port", str(port)]
     proc = h.Proc(
-        "bastion", h.pinned(ctx.args.gateway_core, argv), env=env, cwd=wd,
+        "bastion",
+        h.pinned(ctx.args.gateway_core, argv),
+        env=env,
+        cwd=wd,
         log_path=wd / "bastion.log",
     )
     ctx.procs.append(proc)
@@ -214,7 +223,10 @@ def git_rev() -> str:
     try:
         cp = subprocess.run(
             ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, timeout=10, check=False,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
         )
         return cp.stdout.strip() or "unknown"
     except (OSError, subprocess.TimeoutExpired):
@@ -238,55 +250,19 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def bench_target(
-    name: str, url: str, pid: int, ctx: Ctx, baseline: dict[int, h.WrkResult] | None
-) -> dict[str, Any]:
-    a = ctx.args
-    chat = f"{url}/v1/chat/completions"
-    status, body = h.chat_check(chat, a.key)
-    ok = status == 200 and b'"choices"' in body
-    out: dict[str, Any] = {"preflight_status": status}
-    if not ok:
-        out["error"] = f"preflight POST returned {status}: {body[:300]!r}"
-        return out
-    if a.warmup > 0:
-        h.log(f"{name}: warm-up {a.warmup:g}s at -c{max(a.connections)}")
-        h.run_wrk(chat, connections=max(a.connections), duration_s=a.warmup,
-                  core=a.client_core, key=a.key)
-    runs: dict[str, Any] = {}
-    for c in a.connections:
-        h.log(f"{name}: {a.duration:g}s at -c{c} -t1")
-        r = h.run_wrk(chat, connections=c, duration_s=a.duration, core=a.client_core,
-                      key=a.key, measure_pid=pid)
-        d = r.to_json()
-        if baseline and c in baseline:
-            d["added_p50_us"] = r.p50_us - baseline[c].p50_us
-            d["added_p99_us"] = r.p99_us - baseline[c].p99_us
-        runs[str(c)] = d
-        if r.non2xx or r.socket_errors:
-            h.log(f"WARNING {name} -c{c}: {r.non2xx} non-2xx, {r.socket_errors} socket errors "
-                  f"(first: {r.first_non2xx})")
-    rss, rss_tree = h.tree_rss_mib(pid)
-    out.update(
-        runs=runs,
-        rss_mib=round(rss, 1),
-        rss_tree_mib=round(rss_tree, 1),
-        processes=len(h.process_tree(pid)),
-        flagged=any(r["non2xx"] or r["socket_errors"] for r in runs.values()),
-    )
-    return out
-
-
 def markdown(results: dict[str, Any], conns: list[int]) -> str:
-    hdr = ("| target | conns | req/s | p50 ms | p99 ms | added p50 ms | added p99 ms "
-           "| CPU µs/req | RSS MiB | non-2xx |")
+    hdr = (
+        "| target | conns | req/s | p50 ms | p99 ms | added p50 ms | added p99 ms "
+        "| CPU µs/req | RSS MiB | non-2xx |"
+    )
     lines = [hdr, "|" + "---|" * 10]
     for name, res in results.items():
         if "skipped" in res:
-            lines.append(f"| {name} | – | SKIPPED: {res['skipped']} |||||||| ")
+            lines.append(f"| {name} | - | SKIPPED: {res['skipped']} |" + " |" * 7)
             continue
         if "error" in res:
-            lines.append(f"| {name} | – | ERROR: {res['error'][:160]} |||||||| ")
+            msg = res["error"].replace("\n", " ").replace("|", "/")[:200]
+            lines.append(f"| **{name} ⚠ ERROR** | - | {msg} |" + " |" * 7)
             continue
         label = f"**{name} ⚠ NON-2XX/ERRORS**" if res.get("flagged") else name
         rss = f"{res['rss_mib']:.1f}"
@@ -309,13 +285,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=10.0, help="seconds per measured run")
     p.add_argument("--warmup", type=float, default=3.0, help="warm-up seconds per target")
     p.add_argument("--connections", default="1,32", help="comma list (wrk -c), -t1 always")
-    p.add_argument("--targets", default=",".join(ALL_TARGETS),
-                   help=f"comma list from {','.join(ALL_TARGETS)} (direct baseline always runs)")
-    p.add_argument("--bastion-policy", default="",
-                   help="extra YAML appended to the generated policy (file path or text); "
-                        "must not redefine providers/models")
-    p.add_argument("--bastion-env", action="append", default=[], metavar="K=V",
-                   help="extra environment for bastion serve (repeatable)")
+    p.add_argument(
+        "--targets",
+        default=",".join(ALL_TARGETS),
+        help=f"comma list from {','.join(ALL_TARGETS)} (direct baseline always runs)",
+    )
+    p.add_argument(
+        "--bastion-policy",
+        default="",
+        help="extra YAML appended to the generated policy (file path or text); "
+        "must not redefine providers/models",
+    )
+    p.add_argument(
+        "--bastion-env",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="extra environment for bastion serve (repeatable)",
+    )
     p.add_argument("--bastion-bin", default=str(DEFAULT_BASTION))
     p.add_argument("--litellm-bin", default=str(DEFAULT_LITELLM))
     p.add_argument("--key", default=h.BENCH_KEY, help="bench API key (LiteLLM needs sk-...)")
@@ -351,23 +338,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         upstream, up_port = h.start_nginx_upstream(workdir / "upstream", a.client_core)
         ctx = Ctx(a, workdir, up_port)
+        params = h.BenchParams(a.connections, a.duration, a.warmup, a.client_core, a.key)
         h.log(f"nginx upstream on 127.0.0.1:{up_port} (core {a.client_core}, with wrk)")
-        direct = bench_target("nginx-direct", f"http://127.0.0.1:{up_port}", upstream.pid,
-                              ctx, None)
+        direct = h.bench_target(
+            "nginx-direct", f"http://127.0.0.1:{up_port}", upstream.pid, params, None
+        )
         results["nginx-direct"] = direct
         if "runs" not in direct:
             raise RuntimeError(f"upstream baseline failed: {direct}")
-        baseline = {
-            c: h.WrkResult(**{k: v for k, v in direct["runs"][str(c)].items()
-                              if k in h.WrkResult.__dataclass_fields__ and k != "extra"})
-            for c in a.connections
-        }
+        baseline = h.baseline_of(direct)
         for name in a.targets:
             h.log(f"--- {name}")
             started: Started | None = None
             try:
                 started = STARTERS[name](ctx)
-                res = bench_target(name, started.url, started.proc.pid, ctx, baseline)
+                res = h.bench_target(name, started.url, started.proc.pid, params, baseline)
                 res.update(started.info)
                 results[name] = res
                 if "error" in res:
@@ -382,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
                 if started is not None:
                     started.proc.stop()
     finally:
-        for p in (ctx.procs if ctx else []):
+        for p in ctx.procs if ctx else []:
             p.stop()
         if upstream is not None:
             upstream.stop()
@@ -395,11 +380,15 @@ def main(argv: list[str] | None = None) -> int:
             "client_core": a.client_core,
             "gateway_core": a.gateway_core,
             "note": "wrk and the static nginx upstream share client_core; the gateway under "
-                    "test runs alone on gateway_core",
+            "test runs alone on gateway_core",
         },
         "tools": {"wrk": wrk_version(), "nginx": nginx_version()},
-        "params": {"duration_s": a.duration, "warmup_s": a.warmup,
-                   "connections": a.connections, "wrk_threads": 1},
+        "params": {
+            "duration_s": a.duration,
+            "warmup_s": a.warmup,
+            "connections": a.connections,
+            "wrk_threads": 1,
+        },
         "results": results,
     }
     out = Path(a.out) if a.out else RESULTS_DIR / f"gateway-{ts}.json"

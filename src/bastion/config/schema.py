@@ -128,7 +128,7 @@ class TelemetryConfig(Strict):
     otlp_endpoint: str | None = Field(default=None, description="OTLP/HTTP traces endpoint.")
     service_name: str = "bastion"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_content: bool = Field(default=False, description="Log prompts and completions (off).")
+    access_log: bool = Field(default=True, description="One structured log line per request.")
 
 
 class Policy(Strict):

@@ -48,9 +48,7 @@ def package_file(package: str, relative: str) -> Path:
     """
     base = _package_dir(package)
     if base is None:
-        raise UpstreamConnectError(
-            f"bundled model package {package!r} is not installed; {_HINT}"
-        )
+        raise UpstreamConnectError(f"bundled model package {package!r} is not installed; {_HINT}")
     path = base / relative
     if not path.is_file():
         raise UpstreamConnectError(

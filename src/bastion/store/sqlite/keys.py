@@ -58,10 +58,7 @@ def upgrade(path: Path) -> tuple[int, int]:
     try:
         before = current_version(conn)
         for v in range(before + 1, SCHEMA_VERSION + 1):
-            conn.execute("BEGIN IMMEDIATE")
-            conn.executescript(MIGRATIONS[v])
-            conn.execute(f"PRAGMA user_version={v}")
-            conn.execute("COMMIT")
+            conn.executescript(f"BEGIN IMMEDIATE;{MIGRATIONS[v]};PRAGMA user_version={v};COMMIT;")
         return before, current_version(conn)
     finally:
         conn.close()

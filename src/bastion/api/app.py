@@ -1,0 +1,269 @@
+"""The ASGI application: the composition root of the server.
+
+It owns the :class:`~bastion.gateway.service.Gateway`, the telemetry objects
+and the background tasks (policy hot reload, key-ring refresh), dispatches
+requests to the handlers in ``routes_*`` modules, turns every failure into a
+clean error body, and records metrics, spans and the access log for each
+request after the response has been sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from bastion.api import routes_anthropic, routes_openai, routes_ops
+from bastion.api.errors import error_headers, to_error
+from bastion.api.exchange import Exchange
+from bastion.api.http import Receive, Request, Scope, Send, dumps, send_json
+from bastion.config.loader import load_policy
+from bastion.core.errors import BastionError, NotFound, PermissionDenied, PolicyError
+from bastion.gateway.auth import Principal, bearer
+from bastion.gateway.service import Gateway
+from bastion.telemetry.logging import event
+from bastion.telemetry.metrics import Metrics
+from bastion.telemetry.tracing import Tracing
+
+log = logging.getLogger("bastion.api")
+access = logging.getLogger("bastion.access")
+
+Handler = Callable[["BastionApp", Exchange], Awaitable[None]]
+_RID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    endpoint: str
+    handler: Handler
+    anthropic: bool = False
+
+
+ROUTES: dict[tuple[str, str], Route] = {
+    ("POST", "/v1/chat/completions"): Route("chat", routes_openai.chat_completions),
+    ("POST", "/v1/embeddings"): Route("embeddings", routes_openai.embeddings),
+    ("GET", "/v1/models"): Route("models", routes_openai.models),
+    ("POST", "/v1/messages"): Route("messages", routes_anthropic.messages, anthropic=True),
+    ("GET", "/healthz"): Route("healthz", routes_ops.healthz),
+    ("GET", "/readyz"): Route("readyz", routes_ops.readyz),
+    ("GET", "/metrics"): Route("metrics", routes_ops.metrics),
+    ("GET", "/admin/keys"): Route("admin", routes_ops.list_keys),
+    ("POST", "/admin/keys"): Route("admin", routes_ops.create_key),
+    ("POST", "/admin/policy/reload"): Route("admin", routes_ops.reload_policy),
+}
+PREFIX_ROUTES: list[tuple[str, str, Route]] = [
+    ("GET", "/v1/models/", Route("models", routes_openai.models)),
+    ("DELETE", "/admin/keys/", Route("admin", routes_ops.revoke_key)),
+]
+_UNTRACKED = {"healthz", "readyz", "metrics"}
+
+
+class BastionApp:
+    """The ASGI callable."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        *,
+        metrics: Metrics,
+        tracing: Tracing,
+        policy_path: Path | None = None,
+        key_refresh_s: float = 1.0,
+    ) -> None:
+        self.gateway = gateway
+        self.metrics = metrics
+        self.tracing = tracing
+        self.policy_path = policy_path
+        self.key_refresh_s = key_refresh_s
+        self._tasks: list[asyncio.Task[None]] = []
+        self.started_at = time.time()
+
+    @property
+    def max_body(self) -> int:
+        return self.gateway.rt.policy.server.max_body_bytes
+
+    # ------------------------------------------------------------------ ASGI
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    def _route(self, method: str, path: str) -> Route | None:
+        route = ROUTES.get((method, path))
+        if route is None:
+            for m, prefix, r in PREFIX_ROUTES:
+                if m == method and path.startswith(prefix) and len(path) > len(prefix):
+                    return r
+        return route
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        req = Request(scope, receive)
+        rid = req.headers.get("x-request-id", "")
+        if not _RID.match(rid):
+            rid = "req_" + os.urandom(12).hex()
+        route = self._route(req.method, req.path)
+        ex = Exchange(req, send, rid, route.endpoint if route else "unknown")
+        try:
+            if route is None:
+                raise NotFound(f"no route for {req.method} {req.path}")
+            await route.handler(self, ex)
+        except asyncio.CancelledError:
+            ex.status, ex.error_code = 499, "client_disconnected"
+            raise
+        except BaseException as exc:
+            err = to_error(
+                exc, rid, expose_upstream=self.gateway.rt.policy.server.expose_upstream_errors
+            )
+            ex.status, ex.error_code = err.status, err.code
+            if not ex.started:
+                await self._send_error(ex, err, anthropic=bool(route and route.anthropic))
+        finally:
+            if ex.endpoint not in _UNTRACKED:
+                self._record(ex)
+
+    async def _send_error(self, ex: Exchange, err: BastionError, *, anthropic: bool) -> None:
+        if anthropic:
+            from bastion.providers.anthropic_format import error_body
+
+            payload = dumps(error_body(err))
+        else:
+            payload = dumps(err.to_body())
+        headers = error_headers(err, ex.rid)
+        if ex.deployment:
+            headers.append((b"x-bastion-deployment", ex.deployment.encode()))
+        headers.append((b"x-bastion-overhead-ms", f"{ex.overhead_s() * 1000:.3f}".encode()))
+        ex.started = True
+        await send_json(ex.send, err.status, payload, headers)
+
+    def _record(self, ex: Exchange) -> None:
+        total = time.perf_counter() - ex.t0
+        overhead = max(0.0, total - ex.ctx.upstream_s)
+        m = self.metrics
+        m.request(ex.endpoint, ex.model, ex.status, total, overhead)
+        if ex.error_code:
+            m.error(ex.endpoint, ex.error_code)
+        if ex.prompt_tokens or ex.completion_tokens:
+            m.usage(ex.model, ex.prompt_tokens, ex.completion_tokens)
+        if ex.streamed and ex.ttft_s is not None:
+            m.first_token(ex.model, ex.ttft_s)
+        if self.tracing.enabled and ex.endpoint in {"chat", "embeddings", "messages"}:
+            self.tracing.record(
+                operation="embeddings" if ex.endpoint == "embeddings" else "chat",
+                request_model=ex.model,
+                provider=ex.provider,
+                response_model=ex.response_model,
+                start_ns=ex.t0_ns,
+                end_ns=ex.t0_ns + int(total * 1e9),
+                attributes={
+                    "gen_ai.usage.input_tokens": ex.prompt_tokens,
+                    "gen_ai.usage.output_tokens": ex.completion_tokens,
+                    "bastion.request_id": ex.rid,
+                    "bastion.deployment": ex.deployment,
+                    "bastion.overhead_ms": round(overhead * 1000, 3),
+                    **ex.request_attrs,
+                },
+                error_type=ex.error_code,
+            )
+        if self.gateway.rt.policy.telemetry.access_log:
+            event(
+                access,
+                "request",
+                request_id=ex.rid,
+                endpoint=ex.endpoint,
+                method=ex.req.method,
+                model=ex.model,
+                key=ex.key_name,
+                deployment=ex.deployment,
+                status=ex.status,
+                error_code=ex.error_code,
+                stream=ex.streamed,
+                duration_ms=round(total * 1000, 3),
+                overhead_ms=round(overhead * 1000, 3),
+                input_tokens=ex.prompt_tokens,
+                output_tokens=ex.completion_tokens,
+            )
+
+    # ------------------------------------------------------------------ auth
+    def authenticate(self, ex: Exchange, *, admin: bool = False) -> Principal:
+        h = ex.req.headers
+        token = bearer(h.get("authorization")) or h.get("x-api-key")
+        principal = self.gateway.authenticate(token)
+        ex.key_name = principal.name
+        if admin and not principal.admin:
+            raise PermissionDenied("this endpoint needs an admin key")
+        return principal
+
+    # ------------------------------------------------------------------ lifespan
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif msg["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def startup(self) -> None:
+        self._tasks.append(asyncio.create_task(self._refresh_keys_loop()))
+        if self.policy_path is not None:
+            self._tasks.append(asyncio.create_task(self._watch_policy()))
+
+    async def shutdown(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.gateway.aclose()
+        self.tracing.shutdown()
+
+    async def _refresh_keys_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.key_refresh_s)
+            try:
+                self.gateway.refresh_keys()
+            except Exception:
+                log.exception("key refresh failed")
+
+    async def reload_policy(self) -> tuple[bool, list[str]]:
+        """Load the policy file again; keep the old one on any error."""
+        assert self.policy_path is not None
+        try:
+            policy = await asyncio.to_thread(load_policy, self.policy_path)
+            await self.gateway.apply(policy)
+        except PolicyError as exc:
+            problems = [f"{f}:{line}: {reason}" for f, line, reason in exc.problems]
+            self.metrics.policy_reloads.labels("rejected").inc()
+            event(log, "policy rejected; the previous policy keeps serving",
+                  logging.ERROR, problems=problems)  # fmt: skip
+            return False, problems
+        except BastionError as exc:
+            self.metrics.policy_reloads.labels("rejected").inc()
+            event(log, "policy rejected; the previous policy keeps serving",
+                  logging.ERROR, problems=[exc.message])  # fmt: skip
+            return False, [exc.message]
+        self.metrics.policy_reloads.labels("applied").inc()
+        event(log, "policy applied", models=len(policy.models), providers=len(policy.providers))
+        return True, []
+
+    async def _watch_policy(self) -> None:
+        from watchfiles import awatch
+
+        assert self.policy_path is not None
+        target = str(self.policy_path.absolute())
+        # watch the directory: editors replace files rather than write in place
+        async for changes in awatch(os.path.dirname(target), debounce=200, step=50):
+            if any(p == target for _, p in changes):
+                with contextlib.suppress(Exception):
+                    await self.reload_policy()

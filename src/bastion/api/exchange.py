@@ -1,0 +1,59 @@
+"""Per-request state shared by the API handlers and the app's bookkeeping."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from bastion.api.http import Request, Send, send_json
+from bastion.core.types import JSON, usage_of
+from bastion.providers.base import CallContext
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One request/response exchange: identity, timing, routing and usage."""
+
+    req: Request
+    send: Send
+    rid: str
+    endpoint: str
+    t0: float = field(default_factory=time.perf_counter)
+    t0_ns: int = field(default_factory=time.time_ns)
+    model: str = "-"
+    key_name: str | None = None
+    deployment: str | None = None
+    provider: str | None = None
+    response_model: str | None = None
+    status: int = 200
+    error_code: str | None = None
+    started: bool = False
+    streamed: bool = False
+    ttft_s: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    request_attrs: dict[str, object] = field(default_factory=dict)
+    ctx: CallContext = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ctx = CallContext(self.rid)
+
+    def overhead_s(self) -> float:
+        return max(0.0, time.perf_counter() - self.t0 - self.ctx.upstream_s)
+
+    def routing_headers(self) -> list[tuple[bytes, bytes]]:
+        h = [(b"x-request-id", self.rid.encode())]
+        if self.deployment:
+            h.append((b"x-bastion-deployment", self.deployment.encode()))
+        h.append((b"x-bastion-overhead-ms", f"{self.overhead_s() * 1000:.3f}".encode()))
+        return h
+
+    def add_usage(self, body: JSON | None) -> None:
+        p, c = usage_of(body)
+        if p or c:
+            self.prompt_tokens, self.completion_tokens = p, c
+
+    async def respond(self, status: int, payload: bytes) -> None:
+        self.status = status
+        self.started = True
+        await send_json(self.send, status, payload, self.routing_headers())

@@ -1,0 +1,79 @@
+"""``POST /v1/messages``: the Anthropic Messages API in front of any provider.
+
+The request is translated to the canonical chat request, routed like any chat
+call (same policy, keys, routing and telemetry), and the answer translated
+back: a ``message`` object, or Anthropic's SSE event sequence when streaming.
+Errors use Anthropic's error shape (the app does that for this route).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from bastion.api.errors import to_error
+from bastion.api.exchange import Exchange
+from bastion.api.http import SSE_HEADERS, dumps, sse_event
+from bastion.api.routes_openai import relay_until_disconnect
+from bastion.core.types import JSON
+from bastion.providers.anthropic_format import (
+    MessagesStreamTranslator,
+    chat_to_message,
+    error_event,
+    messages_request_to_chat,
+)
+
+if TYPE_CHECKING:
+    from bastion.api.app import BastionApp
+
+
+async def messages(app: BastionApp, ex: Exchange) -> None:
+    principal = app.authenticate(ex)
+    body = await ex.req.json(app.max_body)
+    req = messages_request_to_chat(body)
+    ex.model = req.model
+    plan = app.gateway.plan(principal, req.model, "chat")
+    if req.stream:
+        ex.streamed = True
+        dep, chunks = await app.gateway.chat_stream(plan, req, ex.ctx)
+        ex.deployment, ex.provider = dep.id, dep.provider.name
+        await _stream(ex, chunks, req.model)
+        return
+    dep, completion = await app.gateway.chat(plan, req, ex.ctx)
+    ex.deployment, ex.provider = dep.id, dep.provider.name
+    ex.response_model = completion.get("model")
+    ex.add_usage(completion)
+    await ex.respond(200, dumps(chat_to_message(completion, req.model)))
+
+
+async def _stream(ex: Exchange, chunks: AsyncIterator[JSON], model: str) -> None:
+    send = ex.send
+    ex.started = True
+    ex.ttft_s = time.perf_counter() - ex.t0
+    await send(
+        {"type": "http.response.start", "status": 200,
+         "headers": SSE_HEADERS + ex.routing_headers()}
+    )  # fmt: skip
+    translator = MessagesStreamTranslator(model)
+
+    async def out(events: list[tuple[str, JSON]], more: bool = True) -> None:
+        if events:
+            payload = b"".join(sse_event(name, data) for name, data in events)
+            await send({"type": "http.response.body", "body": payload, "more_body": more})
+        elif not more:
+            await send({"type": "http.response.body", "body": b""})
+
+    async def relay() -> None:
+        try:
+            async for chunk in chunks:
+                if chunk.get("usage"):
+                    ex.add_usage(chunk)
+                await out(translator.feed(chunk))
+            await out(translator.finish(), more=False)
+        except Exception as exc:
+            err = to_error(exc, ex.rid)
+            ex.error_code = err.code
+            await out([error_event(err)], more=False)
+
+    await relay_until_disconnect(ex, relay(), chunks)

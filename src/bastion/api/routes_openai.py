@@ -1,0 +1,142 @@
+"""OpenAI-compatible endpoints: chat completions, embeddings, models."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Coroutine
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from bastion.api.errors import from_validation, to_error
+from bastion.api.exchange import Exchange
+from bastion.api.http import SSE_HEADERS, dumps, sse_data, wait_disconnect
+from bastion.core.errors import ModelNotFound
+from bastion.core.types import JSON, ChatRequest, EmbeddingRequest
+
+if TYPE_CHECKING:
+    from bastion.api.app import BastionApp
+
+
+def _request_attrs(req: ChatRequest) -> dict[str, object]:
+    return {
+        "gen_ai.request.max_tokens": req.output_limit(),
+        "gen_ai.request.temperature": req.temperature,
+        "gen_ai.request.top_p": req.top_p,
+    }
+
+
+async def chat_completions(app: BastionApp, ex: Exchange) -> None:
+    principal = app.authenticate(ex)
+    data = await ex.req.json(app.max_body)
+    try:
+        req = ChatRequest.model_validate(data)
+    except ValidationError as exc:
+        raise from_validation(exc) from None
+    ex.model = req.model
+    ex.request_attrs = _request_attrs(req)
+    plan = app.gateway.plan(principal, req.model, "chat")
+    if req.stream:
+        ex.streamed = True
+        dep, chunks = await app.gateway.chat_stream(plan, req, ex.ctx)
+        ex.deployment, ex.provider = dep.id, dep.provider.name
+        await stream_sse(ex, chunks, include_usage=req.include_usage())
+        return
+    dep, body = await app.gateway.chat(plan, req, ex.ctx)
+    ex.deployment, ex.provider = dep.id, dep.provider.name
+    ex.response_model = body.get("model")
+    ex.add_usage(body)
+    await ex.respond(200, dumps(body))
+
+
+async def stream_sse(ex: Exchange, chunks: AsyncIterator[JSON], *, include_usage: bool) -> None:
+    """Relay chunks as SSE; end with ``[DONE]``, or an error event if the upstream dies.
+
+    The upstream is asked for usage always; the usage-only chunk reaches the
+    client only when it asked (``stream_options.include_usage``). A client that
+    disconnects cancels the relay, which closes the upstream stream.
+    """
+    send = ex.send
+    ex.status = 200
+    ex.started = True
+    ex.ttft_s = time.perf_counter() - ex.t0
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": SSE_HEADERS + ex.routing_headers(),
+        }
+    )
+
+    async def relay() -> None:
+        try:
+            async for chunk in chunks:
+                if chunk.get("usage"):
+                    ex.add_usage(chunk)
+                    if not chunk.get("choices"):
+                        if not include_usage:
+                            continue
+                    elif not include_usage:
+                        chunk = {k: v for k, v in chunk.items() if k != "usage"}
+                if ex.response_model is None:
+                    ex.response_model = chunk.get("model")
+                await send({"type": "http.response.body", "body": sse_data(chunk),
+                            "more_body": True})  # fmt: skip
+            await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+        except Exception as exc:  # the stream died after bytes were sent
+            err = to_error(exc, ex.rid)
+            ex.error_code = err.code
+            await send({"type": "http.response.body", "body": sse_data(err.to_body())})
+
+    await relay_until_disconnect(ex, relay(), chunks)
+
+
+async def relay_until_disconnect(
+    ex: Exchange, relay: Coroutine[Any, Any, None], chunks: AsyncIterator[JSON]
+) -> None:
+    """Run ``relay`` while watching for the client going away."""
+    task = asyncio.ensure_future(relay)
+    watcher = asyncio.ensure_future(wait_disconnect(ex.req.receive))
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task not in done:
+            ex.error_code = "client_disconnected"
+            ex.status = 499
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        else:
+            task.result()
+    finally:
+        watcher.cancel()
+        close = getattr(chunks, "aclose", None)
+        if close is not None:
+            await close()
+
+
+async def embeddings(app: BastionApp, ex: Exchange) -> None:
+    principal = app.authenticate(ex)
+    data = await ex.req.json(app.max_body)
+    try:
+        req = EmbeddingRequest.model_validate(data)
+    except ValidationError as exc:
+        raise from_validation(exc) from None
+    ex.model = req.model
+    plan = app.gateway.plan(principal, req.model, "embedding")
+    dep, body = await app.gateway.embed(plan, req, ex.ctx)
+    ex.deployment, ex.provider = dep.id, dep.provider.name
+    ex.add_usage(body)
+    await ex.respond(200, dumps(body))
+
+
+async def models(app: BastionApp, ex: Exchange) -> None:
+    principal = app.authenticate(ex)
+    prefix = "/v1/models/"
+    if ex.req.path.startswith(prefix):
+        name = ex.req.path[len(prefix) :]
+        for m in app.gateway.models_for(principal):
+            if m["id"] == name:
+                await ex.respond(200, dumps(m))
+                return
+        raise ModelNotFound(f"model {name!r} does not exist or is not available to this key")
+    await ex.respond(200, dumps({"object": "list", "data": app.gateway.models_for(principal)}))

@@ -1,0 +1,603 @@
+"""The bundled local model: llama.cpp chat and an ONNX embedder, in-process.
+
+:class:`LocalProvider` runs a GGUF chat model (by default SmolLM2-135M-Instruct,
+see :mod:`bastion.providers.models`) with ``llama-cpp-python`` and embeds with
+:class:`~bastion.providers.local_embed.OnnxEmbedder`. Both load lazily on first
+use (``bastion serve`` stays small until a request needs them); :meth:`warm`
+loads them ahead of time.
+
+* **Threads, not the event loop.** Generation runs in worker threads; streams hand
+  chunks to the loop with ``call_soon_threadsafe``. A closed stream, a cancelled
+  call or a timeout sets a cancel flag that the generation checks between tokens.
+* **Bounded.** At most ``max_concurrency`` generations run (one llama.cpp context
+  each; the weights are shared through mmap) and at most ``max_queue`` wait;
+  beyond that the call fails at once with :class:`~bastion.core.errors.Overloaded`.
+* **Template.** The prompt is rendered with the model's own chat template from the
+  GGUF metadata (``chat_format=None``) or a named llama.cpp ``chat_format``.
+* **JSON.** ``response_format`` ``json_object`` / ``json_schema`` become a llama.cpp
+  grammar, so the output parses (unless ``max_tokens`` cuts it: ``finish_reason``
+  is then ``length``).
+* **Tools.** A 135M model cannot choose tools, so ``tools`` are not shown to it and
+  it answers in text, except when ``tool_choice`` names a function (or is
+  ``required`` with one tool): the arguments are then generated under a grammar
+  built from that function's JSON schema and returned as a ``tool_calls`` message.
+* **Usage.** Prompt and completion tokens are counted in the generation loop (the
+  end-of-generation token is not counted), for streams and non-streams alike.
+* **CPU buffers.** llama.cpp's extra weight buffers (AMX / repacked layouts) are
+  off unless ``extra_buffers=True``: the AMX path crashes on some CPUs and VMs,
+  and a Q4_1 model gains nothing from CPU repacking.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import importlib
+import json
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from bastion.core.errors import (
+    BastionError,
+    InvalidRequest,
+    Overloaded,
+    RequestTooLarge,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from bastion.core.types import JSON, ChatRequest, EmbeddingRequest
+from bastion.providers.base import CallContext
+from bastion.providers.local_embed import DIMENSIONS, OnnxEmbedder, available_cores
+from bastion.providers.models import bundled_chat_model_path, existing_file
+
+DEFAULT_MAX_TOKENS = 256
+MAX_EMBED_INPUTS = 2048
+
+_LOAD_LOCK = threading.Lock()
+_LLAMA_CLASS: Any = None
+
+
+def _llama_class() -> Any:
+    """A ``llama_cpp.Llama`` subclass whose token loop counts tokens and obeys cancel."""
+    global _LLAMA_CLASS
+    if _LLAMA_CLASS is not None:
+        return _LLAMA_CLASS
+    try:
+        llama_cpp: Any = importlib.import_module("llama_cpp")
+    except ImportError as exc:
+        raise UpstreamConnectError(
+            "the local model needs llama-cpp-python; install Bastion's `local` extra"
+        ) from exc
+
+    class BastionLlama(llama_cpp.Llama):  # type: ignore[misc]
+        bastion_run: Run | None = None
+
+        def generate(self, tokens: Any, *args: Any, **kwargs: Any) -> Iterator[int]:
+            run = self.bastion_run
+            inner = super().generate(tokens, *args, **kwargs)
+            if run is None:
+                yield from inner
+                return
+            run.prompt_tokens = len(tokens)
+            try:
+                for token in inner:
+                    if run.cancel.is_set():
+                        return
+                    if not llama_cpp.llama_vocab_is_eog(self._model.vocab, token):
+                        run.completion_tokens += 1
+                    yield token
+            finally:
+                inner.close()
+
+    _LLAMA_CLASS = BastionLlama
+    return _LLAMA_CLASS
+
+
+class LocalProvider:
+    """In-process chat (llama.cpp) and embeddings (onnxruntime); see the module docs."""
+
+    type = "local"
+
+    def __init__(
+        self,
+        name: str = "local",
+        *,
+        model_path: str | None = None,
+        embed_model_path: str | None = None,
+        tokenizer_path: str | None = None,
+        n_ctx: int = 2048,
+        n_threads: int | None = None,
+        max_concurrency: int = 1,
+        max_queue: int = 16,
+        chat_format: str | None = None,
+        default_max_tokens: int = DEFAULT_MAX_TOKENS,
+        extra_buffers: bool = False,
+    ) -> None:
+        self.name = name
+        self.model_path = model_path
+        self.n_ctx = n_ctx
+        self.max_concurrency = max(1, max_concurrency)
+        self.n_threads = n_threads or max(1, min(8, available_cores() // self.max_concurrency))
+        self.chat_format = chat_format
+        self.default_max_tokens = default_max_tokens
+        self.extra_buffers = extra_buffers
+        self.embedder = OnnxEmbedder(embed_model_path, tokenizer_path)
+        self._gate = Gate(self.max_concurrency, max(0, max_queue), "local model queue full")
+        self._pool: list[Any] = []  # idle llama instances, one context each
+        self._pool_lock = threading.Lock()
+        self._runs: set[Run] = set()
+        self._gen = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="bastion-llm")
+        self._emb = ThreadPoolExecutor(1, thread_name_prefix="bastion-embed")
+        self.load_seconds: float | None = None
+
+    # -- model instances ------------------------------------------------------
+
+    def _load(self) -> Any:
+        path = (
+            existing_file(self.model_path, "local model")
+            if self.model_path
+            else bundled_chat_model_path()
+        )
+        cls = _llama_class()
+        capi: Any = importlib.import_module("llama_cpp.llama_cpp")
+
+        start = time.perf_counter()
+        with _LOAD_LOCK:
+            default_params = capi.llama_model_default_params
+
+            def params() -> Any:
+                p = default_params()
+                p.use_extra_bufts = self.extra_buffers
+                return p
+
+            capi.llama_model_default_params = params
+            try:
+                llm = cls(
+                    model_path=str(path),
+                    n_ctx=self.n_ctx,
+                    n_threads=self.n_threads,
+                    n_threads_batch=self.n_threads,
+                    chat_format=self.chat_format,
+                    verbose=False,
+                )
+            except ValueError as exc:
+                raise UpstreamConnectError(f"local model failed to load: {exc}") from exc
+            finally:
+                capi.llama_model_default_params = default_params
+        self.load_seconds = time.perf_counter() - start
+        return llm
+
+    def _checkout(self) -> Any:
+        with self._pool_lock:
+            if self._pool:
+                return self._pool.pop()
+        return self._load()
+
+    def _checkin(self, llm: Any) -> None:
+        with self._pool_lock:
+            self._pool.append(llm)
+
+    async def warm(self, *, chat: bool = True, embed: bool = False) -> None:
+        """Load the chat model (and, with ``embed=True``, the embedder) now."""
+        loop = asyncio.get_running_loop()
+        if chat:
+            await self._gate.acquire()
+            try:
+                llm = await loop.run_in_executor(self._gen, self._checkout)
+                self._checkin(llm)
+            finally:
+                self._gate.release()
+        if embed:
+            await loop.run_in_executor(self._emb, self.embedder.load)
+
+    # -- generation -------------------------------------------------------------
+
+    def _generate(self, run: Run, params: dict[str, Any], on_item: Callable[[Any], None]) -> Any:
+        """Run one generation in the calling (worker) thread; releases the slot at the end."""
+        llm = None
+        try:
+            llm = self._checkout()
+            llm.bastion_run = run
+            if not params.get("stream"):
+                return llm.create_chat_completion(**params)
+            chunks = llm.create_chat_completion(**params)
+            try:
+                for chunk in chunks:
+                    if run.cancel.is_set():
+                        break
+                    on_item(chunk)
+            finally:
+                chunks.close()
+            return None
+        except ValueError as exc:  # prompt longer than the context, template errors
+            if "exceed context window" in str(exc):
+                raise RequestTooLarge(
+                    f"prompt too long for the local model (context {self.n_ctx} tokens)",
+                    param="messages",
+                ) from exc
+            raise InvalidRequest(f"local model rejected the request: {exc}") from exc
+        except BastionError:
+            raise
+        except Exception as exc:
+            raise UpstreamError(
+                f"local model failed: {type(exc).__name__}", deployment=self.name
+            ) from exc
+        finally:
+            if llm is not None:
+                llm.bastion_run = None
+                self._checkin(llm)
+            self._runs.discard(run)
+            self._gate.release()
+
+    async def chat(self, request: ChatRequest, model: str, ctx: CallContext) -> JSON:
+        """A ``chat.completion``; generation runs in a worker thread."""
+        params, forced_tool = build_params(request, self.default_max_tokens, stream=False)
+        run = Run()
+        start = ctx.clock()
+        try:
+            await self._gate.acquire()
+            self._runs.add(run)
+            try:
+                fut = self._gen.submit(self._generate, run, params, _ignore)
+            except BaseException:
+                self._runs.discard(run)
+                self._gate.release()
+                raise
+            try:
+                async with asyncio.timeout(ctx.timeouts.total):
+                    result = await asyncio.wrap_future(fut)
+            except TimeoutError as exc:
+                raise UpstreamTimeout("local model timed out", deployment=self.name) from exc
+        finally:
+            run.cancel.set()
+            ctx.upstream_s += ctx.clock() - start
+        choice = result["choices"][0]
+        message: JSON = {"role": "assistant", "content": choice["message"].get("content")}
+        finish = choice.get("finish_reason") or "stop"
+        if forced_tool is not None:
+            message["content"] = None
+            message["tool_calls"] = tool_calls_of(choice["message"])
+            finish = "tool_calls" if finish == "tool_calls" else finish
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [
+                {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+            ],
+            "usage": run.usage(),
+        }
+
+    async def chat_stream(
+        self, request: ChatRequest, model: str, ctx: CallContext
+    ) -> AsyncIterator[JSON]:
+        """``chat.completion.chunk`` dicts; the last has empty ``choices`` and ``usage``."""
+        params, _ = build_params(request, self.default_max_tokens, stream=True)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        run = Run()
+        cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        waited = 0.0
+        fut: Future[Any] | None = None
+
+        def push(item: tuple[str, Any]) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop is gone; the cancel flag stops the work
+                run.cancel.set()
+
+        def done(f: Future[Any]) -> None:
+            exc = f.exception()
+            push(("error", exc) if exc is not None else ("end", None))
+
+        t0 = ctx.clock()
+        try:
+            await self._gate.acquire()
+            waited += ctx.clock() - t0
+            self._runs.add(run)
+            try:
+                fut = self._gen.submit(self._generate, run, params, lambda c: push(("chunk", c)))
+            except BaseException:
+                self._runs.discard(run)
+                self._gate.release()
+                raise
+            fut.add_done_callback(done)
+            tool_ids: dict[int, str] = {}
+            timeout = ctx.timeouts.first_byte
+            while True:
+                t0 = ctx.clock()
+                try:
+                    async with asyncio.timeout(timeout):
+                        kind, item = await queue.get()
+                except TimeoutError as exc:
+                    raise UpstreamTimeout(
+                        "local model stream stalled", deployment=self.name
+                    ) from exc
+                finally:
+                    waited += ctx.clock() - t0
+                timeout = ctx.timeouts.stream_idle
+                if kind == "error":
+                    raise item
+                if kind == "end":
+                    break
+                choice = item["choices"][0]
+                yield {
+                    "id": cid,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "delta": chunk_delta(choice.get("delta") or {}, tool_ids),
+                            "logprobs": None,
+                            "finish_reason": choice.get("finish_reason"),
+                        }
+                    ],
+                }
+            yield {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [],
+                "usage": run.usage(),
+            }
+        finally:
+            run.cancel.set()
+            ctx.upstream_s += waited
+            if fut is not None and not fut.done():
+                # Wait (briefly: one token) so the slot is free when aclose() returns.
+                await asyncio.wait([asyncio.wrap_future(fut)])
+
+    # -- embeddings ---------------------------------------------------------------
+
+    async def embed(self, request: EmbeddingRequest, model: str, ctx: CallContext) -> JSON:
+        """An OpenAI embeddings ``list`` (384 dims; ``dimensions`` truncates + renormalises)."""
+        texts = _embed_texts(request)
+        dims = request.dimensions
+        if dims is not None and dims > DIMENSIONS:
+            raise InvalidRequest(
+                f"dimensions must be at most {DIMENSIONS} for the local embedder",
+                param="dimensions",
+            )
+        start = ctx.clock()
+        try:
+            vecs, counts = await asyncio.get_running_loop().run_in_executor(
+                self._emb, self.embedder.embed_with_counts, texts
+            )
+        finally:
+            ctx.upstream_s += ctx.clock() - start
+        if dims is not None and dims < DIMENSIONS:
+            vecs = vecs[:, :dims]
+            vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+        as_b64 = request.encoding_format == "base64"
+        data = [
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": (
+                    base64.b64encode(v.astype("<f4").tobytes()).decode("ascii")
+                    if as_b64
+                    else [float(x) for x in v]
+                ),
+            }
+            for i, v in enumerate(vecs)
+        ]
+        n = sum(counts)
+        return {
+            "object": "list",
+            "data": data,
+            "model": model,
+            "usage": {"prompt_tokens": n, "total_tokens": n},
+        }
+
+    async def aclose(self) -> None:
+        """Stop running generations, join the worker threads and free the models."""
+        for run in list(self._runs):
+            run.cancel.set()
+        await asyncio.to_thread(self._gen.shutdown, True, cancel_futures=True)
+        await asyncio.to_thread(self._emb.shutdown, True, cancel_futures=True)
+        with self._pool_lock:
+            pool, self._pool = self._pool, []
+        for llm in pool:
+            llm.close()
+
+
+def _ignore(_: Any) -> None:
+    return None
+
+
+def _embed_texts(request: EmbeddingRequest) -> list[str]:
+    raw = request.input
+    items = [raw] if isinstance(raw, str) else list(raw)
+    if not items:
+        raise InvalidRequest("input must not be empty", param="input")
+    if not all(isinstance(x, str) for x in items):
+        raise InvalidRequest(
+            "the local embedder accepts text input only, not token arrays", param="input"
+        )
+    if len(items) > MAX_EMBED_INPUTS:
+        raise RequestTooLarge(f"at most {MAX_EMBED_INPUTS} inputs per request", param="input")
+    return [str(x) for x in items]
+
+
+class Run:
+    """One generation's shared state: the cancel flag and the token counts."""
+
+    __slots__ = ("cancel", "completion_tokens", "prompt_tokens")
+
+    def __init__(self) -> None:
+        self.cancel = threading.Event()
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+
+    def usage(self) -> JSON:
+        p, c = self.prompt_tokens, self.completion_tokens
+        return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+
+class Gate:
+    """At most ``limit`` holders and ``max_queue`` waiters; loop-agnostic, thread-safe release.
+
+    Beyond the queue, :meth:`acquire` raises :class:`Overloaded` at once. A slot
+    is released from the worker thread when its generation really ends.
+    """
+
+    def __init__(self, limit: int, max_queue: int, message: str) -> None:
+        self._lock = threading.Lock()
+        self._free = limit
+        self._max_queue = max_queue
+        self._message = message
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    async def acquire(self) -> None:
+        with self._lock:
+            if self._free > 0 and not self._waiters:
+                self._free -= 1
+                return
+            if len(self._waiters) >= self._max_queue:
+                raise Overloaded(self._message, retry_after=1.0, headers={"retry-after": "1"})
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            with self._lock:
+                if fut in self._waiters:
+                    self._waiters.remove(fut)
+                elif fut.done() and not fut.cancelled():
+                    self._release_locked()  # granted, but the waiter left: pass it on
+            raise
+
+    def release(self) -> None:
+        with self._lock:
+            self._release_locked()
+
+    def _release_locked(self) -> None:
+        while self._waiters:
+            fut = self._waiters.popleft()
+            try:
+                fut.get_loop().call_soon_threadsafe(self._grant, fut)
+                return
+            except RuntimeError:  # that waiter's loop is closed
+                continue
+        self._free += 1
+
+    def _grant(self, fut: asyncio.Future[None]) -> None:
+        if fut.done():  # cancelled before the grant arrived
+            self.release()
+        else:
+            fut.set_result(None)
+
+
+def _text(content: str | list[dict[str, Any]] | None) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    parts = []
+    for part in content:
+        if part.get("type") not in ("text", "input_text"):
+            raise InvalidRequest("the local model accepts text content only", param="messages")
+        parts.append(str(part.get("text") or ""))
+    return "".join(parts)
+
+
+def _response_format(rf: dict[str, Any] | None) -> dict[str, Any] | None:
+    kind = (rf or {}).get("type")
+    if rf is None or kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "json_object", **({"schema": rf["schema"]} if "schema" in rf else {})}
+    if kind == "json_schema":
+        schema = (rf.get("json_schema") or {}).get("schema")
+        return {"type": "json_object", **({"schema": schema} if schema else {})}
+    raise InvalidRequest(f"unsupported response_format type {kind!r}", param="response_format")
+
+
+def _forced_tool(request: ChatRequest) -> dict[str, Any] | None:
+    """The one function ``tool_choice`` forces, if any (see the module docs)."""
+    tools, choice = request.tools or [], request.tool_choice
+    name: str | None = None
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name")
+    elif choice == "required" and len(tools) == 1:
+        name = (tools[0].get("function") or {}).get("name")
+    if name is None:
+        return None
+    for tool in tools:
+        if (tool.get("function") or {}).get("name") == name:
+            return tool
+    raise InvalidRequest(f"tool_choice names an unknown function {name!r}", param="tool_choice")
+
+
+def build_params(
+    request: ChatRequest, default_max_tokens: int, *, stream: bool
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """``create_chat_completion`` keyword arguments, and the forced tool (or ``None``)."""
+    messages = []
+    for m in request.messages:
+        content = _text(m.content)
+        if m.tool_calls and not content:
+            content = json.dumps([c.get("function") for c in m.tool_calls])
+        messages.append({"role": "system" if m.role == "developer" else m.role, "content": content})
+    params: dict[str, Any] = {
+        "messages": messages,
+        "max_tokens": request.output_limit() or default_max_tokens,
+        "stream": stream,
+    }
+    for key in ("temperature", "top_p", "stop", "seed"):
+        value = getattr(request, key)
+        if value is not None:
+            params[key] = value
+    fmt = _response_format(request.response_format)
+    if fmt is not None:
+        params["response_format"] = fmt
+    tool = _forced_tool(request)
+    if tool is not None:
+        params["tools"] = [tool]
+        params["tool_choice"] = {"type": "function", "function": {"name": tool["function"]["name"]}}
+    return params, tool
+
+
+def tool_calls_of(message: dict[str, Any]) -> list[JSON]:
+    """OpenAI ``tool_calls`` from llama.cpp's message (fresh ``call_`` ids)."""
+    return [
+        {
+            "id": f"call_{uuid.uuid4().hex[:24]}",
+            "type": "function",
+            "function": {
+                "name": c["function"]["name"],
+                "arguments": c["function"].get("arguments") or "",
+            },
+        }
+        for c in message.get("tool_calls") or []
+    ]
+
+
+def chunk_delta(delta: dict[str, Any], tool_ids: dict[int, str]) -> JSON:
+    """An OpenAI delta from llama.cpp's: no ``None`` fields, tool call id/name sent once."""
+    out: JSON = {k: delta[k] for k in ("role", "content") if delta.get(k) is not None}
+    calls = []
+    for c in delta.get("tool_calls") or []:
+        index = int(c.get("index") or 0)
+        args = (c.get("function") or {}).get("arguments") or ""
+        if index not in tool_ids:
+            tool_ids[index] = f"call_{uuid.uuid4().hex[:24]}"
+            fn = {"name": c["function"]["name"], "arguments": args}
+            calls.append(
+                {"index": index, "id": tool_ids[index], "type": "function", "function": fn}
+            )
+        elif args:
+            calls.append({"index": index, "function": {"arguments": args}})
+    if calls:
+        out["tool_calls"] = calls
+    return out

@@ -1,0 +1,1 @@
+"""Pure-numpy reference implementations used by fidelity tests."""
