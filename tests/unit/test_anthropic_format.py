@@ -537,3 +537,78 @@ def test_error_body(err: BastionError, kind: str) -> None:
     assert name == "error" and data == error_body(err)
     if kind != "request_too_large":  # documented by Anthropic, not yet typed by the SDK
         assert at.ErrorResponse.model_validate(data).error.type == kind
+
+
+# --------------------------------------------------------------------------- SDK conformance
+
+
+async def test_official_sdk_reads_the_translated_stream() -> None:
+    """The anthropic SDK accumulates our events into the expected final message."""
+    import anthropic
+    from aiohttp import web
+
+    chunks = [
+        chunk({"role": "assistant", "content": ""}),
+        chunk({"content": "Let me "}),
+        chunk({"content": "look."}),
+        chunk(
+            {
+                "tool_calls": [
+                    {
+                        "index": 0,
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "get", "arguments": '{"q": '},
+                    }
+                ]
+            }
+        ),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": '"x"}'}}]}),
+        chunk({}, "tool_calls"),
+        chunk(None, usage={"prompt_tokens": 12, "completion_tokens": 6, "total_tokens": 18}),
+    ]
+    received: list[Any] = []
+
+    async def messages(request: web.Request) -> web.StreamResponse:
+        chat = messages_request_to_chat(await request.json())
+        received.append(chat)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        translator = MessagesStreamTranslator(chat.model)
+        events = [e for c in chunks for e in translator.feed(c)] + translator.finish()
+        for name, data in events:
+            await resp.write(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/messages", messages)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with (
+            anthropic.AsyncAnthropic(
+                api_key="test", base_url=f"http://127.0.0.1:{port}", max_retries=0
+            ) as client,
+            client.messages.stream(
+                model="claude-x",
+                max_tokens=32,
+                messages=[{"role": "user", "content": "hi"}],
+                tools=[{"name": "get", "input_schema": {"type": "object"}}],
+            ) as stream,
+        ):
+            text = "".join([t async for t in stream.text_stream])
+            final = await stream.get_final_message()
+    finally:
+        await runner.cleanup()
+    assert received[0].stream and received[0].tools[0]["function"]["name"] == "get"
+    assert text == "Let me look."
+    assert final.stop_reason == "tool_use"
+    assert final.usage.output_tokens == 6 and final.usage.input_tokens == 12
+    assert [b.type for b in final.content] == ["text", "tool_use"]
+    tool = final.content[1]
+    assert isinstance(tool, anthropic.types.ToolUseBlock)
+    assert tool.id == "call_1" and tool.name == "get" and tool.input == {"q": "x"}

