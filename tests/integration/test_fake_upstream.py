@@ -97,11 +97,18 @@ def test_openai_tools(oai: openai.OpenAI) -> None:
 
     follow = [
         *user("weather?"),
-        {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
-                                              "function": {"name": "get_weather",
-                                                           "arguments": "{}"}}]},
+        {
+            "role": "assistant",
+            "tool_calls": [
+                {
+                    "id": "c1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": "{}"},
+                }
+            ],
+        },
         {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
-    ]  # fmt: skip
+    ]
     done = oai.chat.completions.create(model="m", messages=follow, tools=[WEATHER_TOOL])
     assert done.choices[0].message.content == "tool result: sunny"
 
@@ -202,8 +209,12 @@ def test_anthropic_stream(claude: anthropic.Anthropic) -> None:
     assert text == "echo: stream from claude"
     assert final.stop_reason == "end_turn" and final.usage.output_tokens == 4
 
-    events = [e.type for e in claude.messages.create(
-        model="m", max_tokens=5, messages=user("raw events"), stream=True)]  # fmt: skip
+    events = [
+        e.type
+        for e in claude.messages.create(
+            model="m", max_tokens=5, messages=user("raw events"), stream=True
+        )
+    ]
     assert events[:2] == ["message_start", "content_block_start"]
     assert events[-3:] == ["content_block_stop", "message_delta", "message_stop"]
 

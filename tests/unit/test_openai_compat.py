@@ -65,7 +65,9 @@ def last_request(fake: FakeUpstream, needle: str) -> dict[str, Any]:
     return found[-1]
 
 
-async def collect(p: OpenAICompatProvider, req: ChatRequest, c: CallContext) -> list[dict[str, Any]]:
+async def collect(
+    p: OpenAICompatProvider, req: ChatRequest, c: CallContext
+) -> list[dict[str, Any]]:
     return [chunk async for chunk in p.chat_stream(req, "gpt-4o-mini", c)]
 
 
@@ -93,7 +95,9 @@ async def test_chat_forwards_key_and_model(
     assert "stream_options" not in rec["body"]
 
 
-async def test_upstream_time_accumulates(provider: OpenAICompatProvider, fake: FakeUpstream) -> None:
+async def test_upstream_time_accumulates(
+    provider: OpenAICompatProvider, fake: FakeUpstream
+) -> None:
     c = ctx()
     await provider.chat(chat("first accumulate"), "m", c)
     after_one = c.upstream_s
@@ -108,9 +112,7 @@ async def test_stream_always_requests_usage(
 ) -> None:
     c = ctx()
     chunks = await collect(provider, chat("stream me please", stream=True), c)
-    text = "".join(
-        ch["choices"][0]["delta"].get("content") or "" for ch in chunks if ch["choices"]
-    )
+    text = "".join(ch["choices"][0]["delta"].get("content") or "" for ch in chunks if ch["choices"])
     assert text == "echo: stream me please"
     assert chunks[-1]["choices"] == []
     assert chunks[-1]["usage"]["completion_tokens"] == 4
@@ -325,9 +327,7 @@ async def test_stream_idle_timeout(provider: OpenAICompatProvider, fake: FakeUps
     assert len(received) == 3  # the role chunk and two content chunks
 
 
-async def test_total_timeout_mid_stream(
-    provider: OpenAICompatProvider, fake: FakeUpstream
-) -> None:
+async def test_total_timeout_mid_stream(provider: OpenAICompatProvider, fake: FakeUpstream) -> None:
     fake.script({"chunks": 20, "chunk_delay_s": 0.1}, match="long stream")
     with pytest.raises(UpstreamTimeout) as info:
         await collect(provider, chat("long stream", stream=True), ctx(total=0.5))
@@ -379,7 +379,7 @@ async def test_azure_headers_and_query(fake: FakeUpstream) -> None:
 
 def test_sse_decoder_handles_split_and_crlf() -> None:
     d = SSEDecoder()
-    assert d.feed(b"event: ping\r\ndata: {\"a\"") == []
+    assert d.feed(b'event: ping\r\ndata: {"a"') == []
     assert d.feed(b": 1}\r\n\r\n: comment\n\ndata: x\ndata: y\n\ndata: [DONE]") == [
         ("ping", b'{"a": 1}'),
         ("", b"x\ny"),

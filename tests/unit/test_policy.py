@@ -66,8 +66,10 @@ def test_literal_secret_is_refused() -> None:
 
 
 def test_secret_in_headers_is_refused() -> None:
-    text = GOOD.replace('base_url: "http://gpu-box:8000/v1"}',
-                        'base_url: "http://x/v1", headers: {Authorization: "Bearer x"}}')  # fmt: skip
+    text = GOOD.replace(
+        'base_url: "http://gpu-box:8000/v1"}',
+        'base_url: "http://x/v1", headers: {Authorization: "Bearer x"}}',
+    )
     [(line, reason)] = problems(text)
     assert line == 3 and "carries a secret" in reason
 
@@ -94,8 +96,11 @@ keys:
 def test_wrong_types_and_ranges() -> None:
     text = GOOD.replace("attempts: 2", "attempts: -1").replace("timeout_s: 30", "timeout_s: soon")
     found = problems(text)
-    assert (11, "models.chat-default.timeout_s: Input should be a valid number, "
-                "unable to parse string as a number") in found  # fmt: skip
+    assert (
+        11,
+        "models.chat-default.timeout_s: Input should be a valid number, "
+        "unable to parse string as a number",
+    ) in found
     assert any(line == 12 and "retries.attempts" in r for line, r in found)
 
 
@@ -123,8 +128,12 @@ def test_top_level_must_be_a_mapping() -> None:
 
 
 def run_check(*files: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bastion", "check", *map(str, files)],
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "bastion", "check", *map(str, files)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_bastion_check_cli(tmp_path: Path) -> None:
@@ -137,6 +146,8 @@ def test_bastion_check_cli(tmp_path: Path) -> None:
     assert "good.yaml: ok (3 providers, 2 models)" in ok.stdout
     failed = run_check(good, bad)
     assert failed.returncode == 1
-    assert f"{bad}:9: models.chat-default.routes.1.provider: unknown provider 'vlm'" in failed.stdout
+    assert (
+        f"{bad}:9: models.chat-default.routes.1.provider: unknown provider 'vlm'" in failed.stdout
+    )
     missing = run_check(tmp_path / "nope.yaml")
     assert missing.returncode == 1 and "cannot read file" in missing.stdout

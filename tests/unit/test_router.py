@@ -50,17 +50,32 @@ class Obs:
         self.events.append(("breaker", deployment, str(state)))
 
 
-def dep(name: str, weight: float = 1, cfg: BreakerConfig | None = None, clock: Clock | None = None,
-        provider: FakeProvider | None = None) -> Deployment:  # fmt: skip
+def dep(
+    name: str,
+    weight: float = 1,
+    cfg: BreakerConfig | None = None,
+    clock: Clock | None = None,
+    provider: FakeProvider | None = None,
+) -> Deployment:
     b = CircuitBreaker(cfg or BreakerConfig(), clock=clock or Clock())
     return Deployment(f"{name}/m", provider or FakeProvider(name), "m", weight, b)
 
 
-def plan(*deps: Deployment, attempts: int = 0, fallbacks: list[ModelPlan | Deployment] | None = None,
-         alias: str = "chat", max_retry_after_s: float = 30) -> ModelPlan:  # fmt: skip
-    return ModelPlan(alias, "chat", list(deps), Timeouts(),
-                     RetryConfig(attempts=attempts, base_s=0.01, max_retry_after_s=max_retry_after_s),
-                     fallbacks=fallbacks or [])  # fmt: skip
+def plan(
+    *deps: Deployment,
+    attempts: int = 0,
+    fallbacks: list[ModelPlan | Deployment] | None = None,
+    alias: str = "chat",
+    max_retry_after_s: float = 30,
+) -> ModelPlan:
+    return ModelPlan(
+        alias,
+        "chat",
+        list(deps),
+        Timeouts(),
+        RetryConfig(attempts=attempts, base_s=0.01, max_retry_after_s=max_retry_after_s),
+        fallbacks=fallbacks or [],
+    )
 
 
 REQ = ChatRequest.model_validate({"model": "chat", "messages": [{"role": "user", "content": "hi"}]})
@@ -89,8 +104,11 @@ async def call(r: Router, p: ModelPlan) -> tuple[Deployment, dict[str, object]]:
 def test_breaker_opens_on_consecutive_failures_then_half_opens() -> None:
     clock = Clock()
     changes: list[State] = []
-    b = CircuitBreaker(BreakerConfig(consecutive_failures=3, cooldown_s=10, min_requests=100),
-                       clock=clock, on_change=changes.append)  # fmt: skip
+    b = CircuitBreaker(
+        BreakerConfig(consecutive_failures=3, cooldown_s=10, min_requests=100),
+        clock=clock,
+        on_change=changes.append,
+    )
     for _ in range(2):
         assert b.allow()
         b.record(False)
@@ -208,10 +226,16 @@ async def test_long_retry_after_moves_to_next_deployment() -> None:
     assert d is b and sleeps.waits == [] and ("fallback", "chat") in obs.events
 
 
-@pytest.mark.parametrize("exc", [
-    UpstreamError("5xx", upstream_status=503), UpstreamTimeout("t"), UpstreamConnectError("c"),
-    UpstreamRateLimited("429"), Overloaded("queue full"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "exc",
+    [
+        UpstreamError("5xx", upstream_status=503),
+        UpstreamTimeout("t"),
+        UpstreamConnectError("c"),
+        UpstreamRateLimited("429"),
+        Overloaded("queue full"),
+    ],
+)
 async def test_falls_back_on_transient_failures(exc: Exception) -> None:
     a, b = dep("a"), dep("b")
     assert isinstance(a.provider, FakeProvider)
@@ -273,6 +297,7 @@ async def test_stream_fails_over_before_first_chunk_only() -> None:
         return d.provider.chat_stream(REQ, d.model, CallContext("r"))
 
     d, chunks = await router().stream(plan(a, fallbacks=[b]), open_stream)
-    text = "".join([c["choices"][0]["delta"].get("content", "") async for c in chunks
-                    if c["choices"]])  # fmt: skip
+    text = "".join(
+        [c["choices"][0]["delta"].get("content", "") async for c in chunks if c["choices"]]
+    )
     assert d is b and text == "echo: hi"

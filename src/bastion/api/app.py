@@ -245,13 +245,21 @@ class BastionApp:
         except PolicyError as exc:
             problems = [f"{f}:{line}: {reason}" for f, line, reason in exc.problems]
             self.metrics.policy_reloads.labels("rejected").inc()
-            event(log, "policy rejected; the previous policy keeps serving",
-                  logging.ERROR, problems=problems)  # fmt: skip
+            event(
+                log,
+                "policy rejected; the previous policy keeps serving",
+                logging.ERROR,
+                problems=problems,
+            )
             return False, problems
         except BastionError as exc:
             self.metrics.policy_reloads.labels("rejected").inc()
-            event(log, "policy rejected; the previous policy keeps serving",
-                  logging.ERROR, problems=[exc.message])  # fmt: skip
+            event(
+                log,
+                "policy rejected; the previous policy keeps serving",
+                logging.ERROR,
+                problems=[exc.message],
+            )
             return False, [exc.message]
         self.metrics.policy_reloads.labels("applied").inc()
         event(log, "policy applied", models=len(policy.models), providers=len(policy.providers))

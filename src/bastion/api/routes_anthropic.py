@@ -52,9 +52,12 @@ async def _stream(ex: Exchange, chunks: AsyncIterator[JSON], model: str) -> None
     ex.started = True
     ex.ttft_s = time.perf_counter() - ex.t0
     await send(
-        {"type": "http.response.start", "status": 200,
-         "headers": SSE_HEADERS + ex.routing_headers()}
-    )  # fmt: skip
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": SSE_HEADERS + ex.routing_headers(),
+        }
+    )
     translator = MessagesStreamTranslator(model)
 
     async def out(events: list[tuple[str, JSON]], more: bool = True) -> None:

@@ -81,8 +81,9 @@ async def stream_sse(ex: Exchange, chunks: AsyncIterator[JSON], *, include_usage
                         chunk = {k: v for k, v in chunk.items() if k != "usage"}
                 if ex.response_model is None:
                     ex.response_model = chunk.get("model")
-                await send({"type": "http.response.body", "body": sse_data(chunk),
-                            "more_body": True})  # fmt: skip
+                await send(
+                    {"type": "http.response.body", "body": sse_data(chunk), "more_body": True}
+                )
             await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
         except Exception as exc:  # the stream died after bytes were sent
             err = to_error(exc, ex.rid)

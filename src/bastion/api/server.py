@@ -37,8 +37,14 @@ def build_app(settings: Settings, *, announce: Callable[[str], None] | None = No
     extra: list[KeyRecord] = []
     generated = None
     if settings.admin_key:
-        extra.append(KeyRecord(id="admin:env", name="admin (BASTION_ADMIN_KEY)",
-                               hash=hash_key(settings.admin_key), admin=True))  # fmt: skip
+        extra.append(
+            KeyRecord(
+                id="admin:env",
+                name="admin (BASTION_ADMIN_KEY)",
+                hash=hash_key(settings.admin_key),
+                admin=True,
+            )
+        )
     elif not any(r.admin for r in store.list()):
         _, generated = store.create("admin", ["*"], admin=True)
         if announce is not None:

@@ -159,8 +159,16 @@ def keys_list(
         return time.strftime("%Y-%m-%d %H:%M", time.gmtime(v)) if v else "-"
 
     for r in _store(data_dir).list(include_revoked=all_):
-        table.add_row(r.id, r.name, r.prefix + "…", ",".join(r.models), "yes" if r.admin else "",
-                      ts(r.created_at), ts(r.expires_at), ts(r.revoked_at))  # fmt: skip
+        table.add_row(
+            r.id,
+            r.name,
+            r.prefix + "…",
+            ",".join(r.models),
+            "yes" if r.admin else "",
+            ts(r.created_at),
+            ts(r.expires_at),
+            ts(r.revoked_at),
+        )
     out.print(table)
 
 

@@ -146,8 +146,15 @@ class Gateway:
                 secret = resolve(k.secret)
                 assert secret is not None
                 digest = hash_key(secret.reveal())
-            out.append(KeyRecord(id=f"policy:{name}", name=name, hash=digest,
-                                 models=tuple(k.models), admin=k.admin))  # fmt: skip
+            out.append(
+                KeyRecord(
+                    id=f"policy:{name}",
+                    name=name,
+                    hash=digest,
+                    models=tuple(k.models),
+                    admin=k.admin,
+                )
+            )
         return out
 
     def refresh_keys(self, force: bool = False) -> bool:
@@ -170,20 +177,21 @@ class Gateway:
         plan = self.rt.plans.get(model)
         if plan is None or not principal.may_use(model):
             # the same error for "missing" and "not yours": no model enumeration
-            raise ModelNotFound(f"model {model!r} does not exist or is not available to this key",
-                                param="model")  # fmt: skip
+            raise ModelNotFound(
+                f"model {model!r} does not exist or is not available to this key", param="model"
+            )
         if plan.type != kind:
-            raise InvalidRequest(f"model {model!r} is a {plan.type} model, not {kind}",
-                                 param="model")  # fmt: skip
+            raise InvalidRequest(
+                f"model {model!r} is a {plan.type} model, not {kind}", param="model"
+            )
         return plan
 
     def models_for(self, principal: Principal) -> list[JSON]:
         return [
-            {"id": alias, "object": "model", "created": 0, "owned_by": "bastion",
-             "type": plan.type}
+            {"id": alias, "object": "model", "created": 0, "owned_by": "bastion", "type": plan.type}
             for alias, plan in self.rt.plans.items()
             if principal.may_use(alias)
-        ]  # fmt: skip
+        ]
 
     # ------------------------------------------------------------------ calls
     async def chat(

@@ -65,24 +65,38 @@ class FakeProvider:
                     "finish_reason": "stop",
                 }
             ],
-            "usage": {"prompt_tokens": n_in, "completion_tokens": n_out,
-                      "total_tokens": n_in + n_out},
-        }  # fmt: skip
+            "usage": {
+                "prompt_tokens": n_in,
+                "completion_tokens": n_out,
+                "total_tokens": n_in + n_out,
+            },
+        }
 
     async def chat_stream(
         self, request: ChatRequest, model: str, ctx: CallContext
     ) -> AsyncIterator[JSON]:
         self._maybe_fail()
         words = ("echo: " + _last_user_text(request)).split(" ")
-        base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "model": model,
-                "created": int(time.time())}  # fmt: skip
+        base = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "model": model,
+            "created": int(time.time()),
+        }
         yield {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}
         for i, w in enumerate(words):
             piece = w if i == 0 else " " + w
             yield {**base, "choices": [{"index": 0, "delta": {"content": piece}}]}
         yield {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
-        yield {**base, "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": len(words),
-                                                "total_tokens": 1 + len(words)}}  # fmt: skip
+        yield {
+            **base,
+            "choices": [],
+            "usage": {
+                "prompt_tokens": 1,
+                "completion_tokens": len(words),
+                "total_tokens": 1 + len(words),
+            },
+        }
 
     async def embed(self, request: EmbeddingRequest, model: str, ctx: CallContext) -> JSON:
         self._maybe_fail()
@@ -92,8 +106,12 @@ class FakeProvider:
             vec = [b / 255.0 for b in digest[: request.dimensions or 8]]
             data.append({"object": "embedding", "index": i, "embedding": vec})
         n = sum(len(t.split()) for t in request.texts())
-        return {"object": "list", "data": data, "model": model,
-                "usage": {"prompt_tokens": n, "total_tokens": n}}  # fmt: skip
+        return {
+            "object": "list",
+            "data": data,
+            "model": model,
+            "usage": {"prompt_tokens": n, "total_tokens": n},
+        }
 
     async def aclose(self) -> None:
         return None

@@ -90,6 +90,7 @@ def _llama_class() -> Any:
             try:
                 for token in inner:
                     if run.cancel.is_set():
+                        run.cancelled = True
                         return
                     if not llama_cpp.llama_vocab_is_eog(self._model.vocab, token):
                         run.completion_tokens += 1
@@ -137,6 +138,7 @@ class LocalProvider:
         self._gen = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="bastion-llm")
         self._emb = ThreadPoolExecutor(1, thread_name_prefix="bastion-embed")
         self.load_seconds: float | None = None
+        self.cancelled_generations = 0
 
     # -- model instances ------------------------------------------------------
 
@@ -200,22 +202,48 @@ class LocalProvider:
 
     # -- generation -------------------------------------------------------------
 
-    def _generate(self, run: Run, params: dict[str, Any], on_item: Callable[[Any], None]) -> Any:
-        """Run one generation in the calling (worker) thread; releases the slot at the end."""
+    def stats(self) -> dict[str, int]:
+        """Running and queued generations, loaded instances, generations cancelled."""
+        return {
+            "running": self._gate.running,
+            "waiting": self._gate.waiting,
+            "idle_instances": len(self._pool),
+            "cancelled": self.cancelled_generations,
+        }
+
+    async def _start(
+        self, run: Run, params: dict[str, Any], on_chunk: Callable[[Any], None]
+    ) -> Future[Any]:
+        """Take a slot (or raise ``Overloaded``) and start the generation in a worker."""
+        await self._gate.acquire()
+        self._runs.add(run)
+        try:
+            return self._gen.submit(self._generate, run, params, on_chunk)
+        except BaseException as exc:
+            self._runs.discard(run)
+            self._gate.release()
+            if isinstance(exc, RuntimeError):  # executor shut down
+                raise UpstreamConnectError(
+                    "local provider is closed", deployment=self.name
+                ) from exc
+            raise
+
+    def _generate(self, run: Run, params: dict[str, Any], on_chunk: Callable[[Any], None]) -> Any:
+        """One generation, in a worker thread; frees its slot when it really ends."""
         llm = None
         try:
             llm = self._checkout()
             llm.bastion_run = run
-            if not params.get("stream"):
-                return llm.create_chat_completion(**params)
-            chunks = llm.create_chat_completion(**params)
+            result = llm.create_chat_completion(**params)
+            if not params["stream"]:
+                return result
             try:
-                for chunk in chunks:
+                for chunk in result:
                     if run.cancel.is_set():
                         break
-                    on_item(chunk)
+                    on_chunk(chunk)
             finally:
-                chunks.close()
+                result.close()
             return None
         except ValueError as exc:  # prompt longer than the context, template errors
             if "exceed context window" in str(exc):
@@ -234,6 +262,8 @@ class LocalProvider:
             if llm is not None:
                 llm.bastion_run = None
                 self._checkin(llm)
+            if run.cancelled:
+                self.cancelled_generations += 1
             self._runs.discard(run)
             self._gate.release()
 
@@ -243,36 +273,31 @@ class LocalProvider:
         run = Run()
         start = ctx.clock()
         try:
-            await self._gate.acquire()
-            self._runs.add(run)
-            try:
-                fut = self._gen.submit(self._generate, run, params, _ignore)
-            except BaseException:
-                self._runs.discard(run)
-                self._gate.release()
-                raise
-            try:
-                async with asyncio.timeout(ctx.timeouts.total):
-                    result = await asyncio.wrap_future(fut)
-            except TimeoutError as exc:
-                raise UpstreamTimeout("local model timed out", deployment=self.name) from exc
+            fut = await self._start(run, params, _ignore)
+            async with asyncio.timeout(ctx.timeouts.total):
+                result = await asyncio.wrap_future(fut)
+        except TimeoutError as exc:
+            raise UpstreamTimeout("local model timed out", deployment=self.name) from exc
         finally:
-            run.cancel.set()
+            run.cancel.set()  # a no-op unless the caller left (cancelled) or timed out
             ctx.upstream_s += ctx.clock() - start
         choice = result["choices"][0]
         message: JSON = {"role": "assistant", "content": choice["message"].get("content")}
-        finish = choice.get("finish_reason") or "stop"
         if forced_tool is not None:
             message["content"] = None
             message["tool_calls"] = tool_calls_of(choice["message"])
-            finish = "tool_calls" if finish == "tool_calls" else finish
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": model,
             "choices": [
-                {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+                {
+                    "index": 0,
+                    "message": message,
+                    "logprobs": None,
+                    "finish_reason": choice.get("finish_reason") or "stop",
+                }
             ],
             "usage": run.usage(),
         }
@@ -280,83 +305,62 @@ class LocalProvider:
     async def chat_stream(
         self, request: ChatRequest, model: str, ctx: CallContext
     ) -> AsyncIterator[JSON]:
-        """``chat.completion.chunk`` dicts; the last has empty ``choices`` and ``usage``."""
+        """``chat.completion.chunk`` dicts; the last has empty ``choices`` and ``usage``.
+
+        Closing the iterator early (client gone) stops the generation at the next
+        token; ``aclose()`` returns once the worker has stopped and freed its slot.
+        """
         params, _ = build_params(request, self.default_max_tokens, stream=True)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         run = Run()
-        cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        waited = 0.0
+        head: JSON = {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+        }
+        tool_ids: dict[int, str] = {}
         fut: Future[Any] | None = None
 
         def push(item: tuple[str, Any]) -> None:
             try:
                 loop.call_soon_threadsafe(queue.put_nowait, item)
-            except RuntimeError:  # the loop is gone; the cancel flag stops the work
+            except RuntimeError:  # the loop is gone; stop generating
                 run.cancel.set()
 
         def done(f: Future[Any]) -> None:
             exc = f.exception()
             push(("error", exc) if exc is not None else ("end", None))
 
-        t0 = ctx.clock()
+        waited_from = ctx.clock()
         try:
-            await self._gate.acquire()
-            waited += ctx.clock() - t0
-            self._runs.add(run)
-            try:
-                fut = self._gen.submit(self._generate, run, params, lambda c: push(("chunk", c)))
-            except BaseException:
-                self._runs.discard(run)
-                self._gate.release()
-                raise
+            fut = await self._start(run, params, lambda c: push(("chunk", c)))
             fut.add_done_callback(done)
-            tool_ids: dict[int, str] = {}
             timeout = ctx.timeouts.first_byte
             while True:
-                t0 = ctx.clock()
                 try:
                     async with asyncio.timeout(timeout):
                         kind, item = await queue.get()
                 except TimeoutError as exc:
-                    raise UpstreamTimeout(
-                        "local model stream stalled", deployment=self.name
-                    ) from exc
+                    raise UpstreamTimeout("local model stalled", deployment=self.name) from exc
                 finally:
-                    waited += ctx.clock() - t0
+                    ctx.upstream_s += ctx.clock() - waited_from
                 timeout = ctx.timeouts.stream_idle
                 if kind == "error":
                     raise item
                 if kind == "end":
                     break
                 choice = item["choices"][0]
-                yield {
-                    "id": cid,
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": model,
-                    "choices": [
-                        {
-                            "index": 0,
-                            "delta": chunk_delta(choice.get("delta") or {}, tool_ids),
-                            "logprobs": None,
-                            "finish_reason": choice.get("finish_reason"),
-                        }
-                    ],
-                }
-            yield {
-                "id": cid,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "choices": [],
-                "usage": run.usage(),
-            }
+                delta = chunk_delta(choice.get("delta") or {}, tool_ids)
+                finish = choice.get("finish_reason")
+                yield {**head, "choices": [_choice(delta, finish)]}
+                waited_from = ctx.clock()
+            yield {**head, "choices": [], "usage": run.usage()}
         finally:
             run.cancel.set()
-            ctx.upstream_s += waited
             if fut is not None and not fut.done():
-                # Wait (briefly: one token) so the slot is free when aclose() returns.
+                # Wait (about one token) so the slot is free when aclose() returns.
                 await asyncio.wait([asyncio.wrap_future(fut)])
 
     # -- embeddings ---------------------------------------------------------------
@@ -417,6 +421,10 @@ def _ignore(_: Any) -> None:
     return None
 
 
+def _choice(delta: JSON, finish: str | None) -> JSON:
+    return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+
+
 def _embed_texts(request: EmbeddingRequest) -> list[str]:
     raw = request.input
     items = [raw] if isinstance(raw, str) else list(raw)
@@ -434,10 +442,11 @@ def _embed_texts(request: EmbeddingRequest) -> list[str]:
 class Run:
     """One generation's shared state: the cancel flag and the token counts."""
 
-    __slots__ = ("cancel", "completion_tokens", "prompt_tokens")
+    __slots__ = ("cancel", "cancelled", "completion_tokens", "prompt_tokens")
 
     def __init__(self) -> None:
         self.cancel = threading.Event()
+        self.cancelled = False  # the token loop stopped because of ``cancel``
         self.prompt_tokens = 0
         self.completion_tokens = 0
 
@@ -455,10 +464,19 @@ class Gate:
 
     def __init__(self, limit: int, max_queue: int, message: str) -> None:
         self._lock = threading.Lock()
+        self._limit = limit
         self._free = limit
         self._max_queue = max_queue
         self._message = message
         self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def running(self) -> int:
+        return self._limit - self._free
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
 
     async def acquire(self) -> None:
         with self._lock:
@@ -466,7 +484,7 @@ class Gate:
                 self._free -= 1
                 return
             if len(self._waiters) >= self._max_queue:
-                raise Overloaded(self._message, retry_after=1.0, headers={"retry-after": "1"})
+                raise Overloaded(self._message, retry_after=1.0)
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._waiters.append(fut)
         try:

@@ -20,8 +20,18 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 OVERHEAD_BUCKETS = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-)  # fmt: skip
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+)
 
 
 class Metrics:
@@ -76,9 +86,11 @@ class Metrics:
             "bastion_upstream_retries", "Retries by deployment", ["deployment"], registry=r
         )
         self.fallbacks = Counter(
-            "bastion_fallbacks", "Moves to the next deployment after a failure", ["model"],
+            "bastion_fallbacks",
+            "Moves to the next deployment after a failure",
+            ["model"],
             registry=r,
-        )  # fmt: skip
+        )
         self.breaker_state = Gauge(
             "bastion_breaker_state",
             "Circuit breaker state: 0 closed, 1 open, 2 half-open",

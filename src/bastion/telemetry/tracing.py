@@ -37,9 +37,7 @@ class Tracing:
         if exporter is None and otlp_endpoint:
             exporter = _otlp_exporter(otlp_endpoint)
         if exporter is not None:
-            self.provider = TracerProvider(
-                resource=Resource.create({"service.name": service_name})
-            )
+            self.provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
             processor = BatchSpanProcessor(exporter, schedule_delay_millis=500)
             self.provider.add_span_processor(processor)
             self.tracer = self.provider.get_tracer("bastion")
@@ -73,9 +71,11 @@ class Tracing:
             attrs["gen_ai.response.model"] = response_model
         attrs.update({k: v for k, v in attributes.items() if v is not None})
         span = self.tracer.start_span(
-            f"{operation} {request_model}", kind=SpanKind.CLIENT, start_time=start_ns,
+            f"{operation} {request_model}",
+            kind=SpanKind.CLIENT,
+            start_time=start_ns,
             attributes=attrs,
-        )  # fmt: skip
+        )
         if error_type:
             span.set_attribute("error.type", error_type)
             span.set_status(Status(StatusCode.ERROR))

@@ -29,9 +29,14 @@ class BastionServer:
     """A running server: ``url`` for SDKs (``.../v1``), ``base`` for raw HTTP."""
 
     def __init__(
-        self, port: int, proc: subprocess.Popen[bytes], data_dir: Path, policy: Path | None,
-        admin_key: str, log_path: Path,
-    ) -> None:  # fmt: skip
+        self,
+        port: int,
+        proc: subprocess.Popen[bytes],
+        data_dir: Path,
+        policy: Path | None,
+        admin_key: str,
+        log_path: Path,
+    ) -> None:
         self.port = port
         self.proc = proc
         self.data_dir = data_dir
@@ -85,8 +90,16 @@ def run_bastion(
         policy_path = data_dir / "policy.yaml"
         policy_path.write_text(policy)
     port = free_port()
-    cmd = [sys.executable, "-m", "bastion", "serve", "--port", str(port),
-           "--data-dir", str(data_dir)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "bastion",
+        "serve",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data_dir),
+    ]
     if policy_path is not None:
         cmd += ["--policy", str(policy_path)]
     log_path = data_dir / f"server-{port}.log"

@@ -119,9 +119,18 @@ class SqliteKeyStore:
             try:
                 self._conn.execute(
                     f"INSERT INTO keys ({_COLS}) VALUES (?,?,?,?,?,?,?,?,?)",
-                    (rec.id, rec.name, rec.hash, rec.prefix, json.dumps(list(rec.models)),
-                     int(rec.admin), rec.created_at, rec.expires_at, None),
-                )  # fmt: skip
+                    (
+                        rec.id,
+                        rec.name,
+                        rec.hash,
+                        rec.prefix,
+                        json.dumps(list(rec.models)),
+                        int(rec.admin),
+                        rec.created_at,
+                        rec.expires_at,
+                        None,
+                    ),
+                )
             except sqlite3.IntegrityError:
                 raise InvalidRequest(f"an active key named {name!r} exists", param="name") from None
             self._local_changes += 1
