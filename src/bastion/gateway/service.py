@@ -175,10 +175,11 @@ class Gateway:
     # ------------------------------------------------------------------ models
     def plan(self, principal: Principal, model: str, kind: str) -> ModelPlan:
         plan = self.rt.plans.get(model)
-        if plan is None or not principal.may_use(model):
-            # the same error for "missing" and "not yours": no model enumeration
+        if plan is not None:
+            principal.check_model(model)
+        else:
             raise ModelNotFound(
-                f"model {model!r} does not exist or is not available to this key", param="model"
+                f"model {model!r} does not exist", param="model"
             )
         if plan.type != kind:
             raise InvalidRequest(

@@ -218,15 +218,17 @@ class LocalProvider:
         await self._gate.acquire()
         self._runs.add(run)
         try:
-            return self._gen.submit(self._generate, run, params, on_chunk)
-        except BaseException as exc:
-            self._runs.discard(run)
-            self._gate.release()
-            if isinstance(exc, RuntimeError):  # executor shut down
-                raise UpstreamConnectError(
-                    "local provider is closed", deployment=self.name
-                ) from exc
-            raise
+            fut = self._gen.submit(self._generate, run, params, on_chunk)
+        except RuntimeError as exc:  # the executor is shut down
+            self._abandon(run)
+            raise UpstreamConnectError("local provider is closed", deployment=self.name) from exc
+        # A future cancelled before its worker started never runs _generate: free its slot.
+        fut.add_done_callback(lambda f: self._abandon(run) if f.cancelled() else None)
+        return fut
+
+    def _abandon(self, run: Run) -> None:
+        self._runs.discard(run)
+        self._gate.release()
 
     def _generate(self, run: Run, params: dict[str, Any], on_chunk: Callable[[Any], None]) -> Any:
         """One generation, in a worker thread; frees its slot when it really ends."""
