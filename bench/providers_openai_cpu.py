@@ -33,6 +33,34 @@ BODY = {
 }
 
 
+async def floor(url: str, calls: int) -> None:
+    """The same exchange over a bare asyncio stream: the socket + event-loop floor."""
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    payload = orjson.dumps({**BODY, "model": "gpt-4o-mini"})
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+    )
+    raw = head.encode() + payload
+    reader, writer = await asyncio.open_connection(host, int(port))
+
+    async def once() -> None:
+        writer.write(raw)
+        headers = await reader.readuntil(b"\r\n\r\n")
+        length = int(headers.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        orjson.loads(await reader.readexactly(length))
+
+    for _ in range(300):
+        await once()
+    t0 = os.times()
+    for _ in range(calls):
+        await once()
+    t1 = os.times()
+    cpu = (t1.user - t0.user + t1.system - t0.system) / calls * 1e6
+    print(f"floor (bare asyncio stream, same exchange), concurrency=1: {cpu:6.1f} us CPU/call")
+    writer.close()
+
+
 async def run(url: str, calls: int, concurrency: int) -> None:
     req = ChatRequest.model_validate(BODY)
     stream_req = ChatRequest.model_validate({**BODY, "stream": True})
@@ -56,7 +84,7 @@ async def run(url: str, calls: int, concurrency: int) -> None:
                 else:
                     sem = asyncio.Semaphore(conc)
 
-                    async def limited(i: int, fn=fn, sem=sem) -> None:  # noqa: ANN001
+                    async def limited(i: int, fn=fn, sem=sem) -> None:
                         async with sem:
                             await fn(i)
 
@@ -84,6 +112,7 @@ def main() -> None:
     args = ap.parse_args()
     with run_fake_upstream() as fake:
         uvloop.run(run(fake.url, args.calls, args.concurrency))
+        uvloop.run(floor(fake.url, args.calls))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,9 @@ Configuration comes from the environment so that every server can import the sam
   STACK_UPSTREAM  upstream base URL, e.g. http://127.0.0.1:18081/v1 (required)
   STACK_CLIENT    aiohttp | httpx (default aiohttp)
   STACK_KEY       the valid bearer key (default harness.BENCH_KEY)
+  STACK_WATCH     if set to a directory, run a watchfiles ``awatch(dir, step=50)`` task
+                  (what a policy hot-reload watcher costs; off by default)
+  STACK_ACCESS_LOG  if "1", log one JSON access line per request to stdout via logging
 
 Apps: ``raw_app`` (plain ASGI callable) and ``starlette_app`` (Starlette Route/Request/Response).
 Run under uvicorn (uvloop + httptools):  python stack_app.py {raw|starlette} PORT
@@ -17,7 +20,9 @@ Run under granian:  granian --interface asgi --loop uvloop stack_app:raw_app (se
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import os
 import sys
 import time
@@ -39,6 +44,15 @@ UPSTREAM = os.environ.get("STACK_UPSTREAM", "http://127.0.0.1:18081/v1").rstrip(
 CLIENT_KIND = os.environ.get("STACK_CLIENT", "aiohttp")
 VALID_KEY = os.environ.get("STACK_KEY", "sk-bench-0123456789abcdef")
 UPSTREAM_KEY = "sk-upstream-bench"
+WATCH_DIR = os.environ.get("STACK_WATCH", "")
+ACCESS_LOG = os.environ.get("STACK_ACCESS_LOG", "") == "1"
+_access = logging.getLogger("stack.access")
+if ACCESS_LOG:
+    _h = logging.StreamHandler(sys.stdout)
+    _h.setFormatter(logging.Formatter("%(message)s"))
+    _access.addHandler(_h)
+    _access.setLevel(logging.INFO)
+    _access.propagate = False
 
 
 def _digest(key: str) -> str:
@@ -94,6 +108,14 @@ class HttpxUpstream:
 
 
 _upstream: Upstream | None = None
+_background: set[asyncio.Task[None]] = set()
+
+
+async def _watch(path: str) -> None:
+    from watchfiles import awatch
+
+    async for _changes in awatch(path, debounce=200, step=50):
+        pass
 
 
 def upstream() -> Upstream:
@@ -101,6 +123,9 @@ def upstream() -> Upstream:
     global _upstream
     if _upstream is None:
         _upstream = HttpxUpstream() if CLIENT_KIND == "httpx" else AiohttpUpstream()
+        if WATCH_DIR:
+            task = asyncio.get_running_loop().create_task(_watch(WATCH_DIR))
+            _background.add(task)
     return _upstream
 
 
@@ -133,6 +158,22 @@ async def handle(auth: str | None, body: bytes) -> tuple[int, bytes, list[tuple[
     resp = orjson.loads(data)
     resp["model"] = model
     out = orjson.dumps(resp)
+    if ACCESS_LOG:
+        usage = resp.get("usage") or {}
+        _access.info(
+            orjson.dumps(
+                {
+                    "ts": time.time(),
+                    "event": "request",
+                    "model": model,
+                    "tenant": principal["tenant"],
+                    "status": 200,
+                    "duration_ms": round((time.perf_counter() - t0) * 1000, 3),
+                    "input_tokens": usage.get("prompt_tokens"),
+                    "output_tokens": usage.get("completion_tokens"),
+                }
+            ).decode()
+        )
     extra = [
         (b"x-request-id", os.urandom(8).hex().encode()),
         (b"x-bastion-route", b"up/gpt-4o-mini"),

@@ -89,6 +89,7 @@ def bench_combo(
     core: int,
     bp: h.BenchParams,
     baseline: dict[int, tuple[int, int]],
+    app_env: dict[str, str],
 ) -> dict[str, Any]:
     name = f"{server}+{client}"
     if (
@@ -104,6 +105,7 @@ def bench_combo(
         STACK_KEY=bp.key,
         PYTHONPATH=str(h.HERE),
     )
+    env.update(app_env)
     proc = h.Proc(
         name,
         h.pinned(core, server_argv(server, port)),
@@ -154,13 +156,22 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--duration", type=float, default=10.0, help="seconds per measured run")
     p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument("--repeat", type=int, default=1, help="runs per point; medians reported")
     p.add_argument("--connections", default="32,1", help="comma list; max and min are tabled")
     p.add_argument("--servers", default=",".join(SERVERS))
     p.add_argument("--clients", default=",".join(CLIENTS))
     p.add_argument("--gateway-core", type=int, default=1)
     p.add_argument("--client-core", type=int, default=0)
+    p.add_argument(
+        "--app-env",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="extra env for stack_app.py, e.g. STACK_ACCESS_LOG=1 or STACK_WATCH=/tmp/dir",
+    )
     p.add_argument("--out", default="")
     a = p.parse_args(argv)
+    app_env = dict(kv.partition("=")[::2] for kv in a.app_env)
     conns = [int(x) for x in a.connections.split(",") if x]
     servers = [s for s in a.servers.split(",") if s]
     clients = [c for c in a.clients.split(",") if c]
@@ -173,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     h.require_tools("wrk", "nginx", "taskset")
     signal.signal(signal.SIGTERM, _on_signal)
     ts = time.strftime("%Y%m%d-%H%M%S")
-    bp = h.BenchParams(conns, a.duration, a.warmup, a.client_core)
+    bp = h.BenchParams(conns, a.duration, a.warmup, a.client_core, repeat=a.repeat)
     workdir = h.make_tempdir("bastion-stack-")
     results: dict[str, Any] = {}
     upstream: h.Proc | None = None
@@ -195,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                     a.gateway_core,
                     bp,
                     baseline,
+                    app_env,
                 )
     finally:
         if upstream is not None:
@@ -204,7 +216,13 @@ def main(argv: list[str] | None = None) -> int:
         "timestamp": ts,
         "versions": versions(),
         "layout": {"client_core": a.client_core, "gateway_core": a.gateway_core},
-        "params": {"duration_s": a.duration, "warmup_s": a.warmup, "connections": conns},
+        "params": {
+            "duration_s": a.duration,
+            "warmup_s": a.warmup,
+            "connections": conns,
+            "repeat": a.repeat,
+            "app_env": app_env,
+        },
         "results": results,
     }
     out = Path(a.out) if a.out else RESULTS_DIR / f"stack-choice-{ts}.json"

@@ -6,7 +6,7 @@ pooling over the attention mask and L2 normalisation, reading the fp32
 Tokenisation uses the same ``tokenizer.json`` as the production embedder, so a
 comparison measures the model (int8 ONNX vs fp32), not the tokenizer.
 
-Test-only: it is slow (float64 GELU, one sentence at a time) and needs the
+Test-only: it is slow (float64 GELU, whole-batch fp32 matmuls) and needs the
 ``safetensors`` package (a dev dependency).
 """
 
@@ -100,42 +100,41 @@ class MiniLMReference:
             if v.dtype != np.int64
         }
         self.tokenizer = Tokenizer.from_file(str(self.model_dir / "tokenizer.json"))
-        self.tokenizer.no_padding()
+        self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
         self.tokenizer.enable_truncation(max_length=max_length)
 
     def _linear(self, x: F32, name: str) -> F32:
         return (x @ self.w[f"{name}.weight"].T + self.w[f"{name}.bias"]).astype(np.float32)
 
-    def hidden_states(self, ids: Sequence[int]) -> F32:
-        """The last hidden state (seq, hidden) of one unpadded sequence."""
+    def hidden_states(self, ids: NDArray[np.int64], mask: NDArray[np.int64]) -> F32:
+        """The last hidden state (batch, seq, hidden) of right-padded token ids."""
         cfg = self.config
         eps = float(cfg["layer_norm_eps"])
         heads = int(cfg["num_attention_heads"])
-        n = len(ids)
+        b, n = ids.shape
         w = self.w
         x = (
-            w["embeddings.word_embeddings.weight"][np.asarray(ids)]
+            w["embeddings.word_embeddings.weight"][ids]
             + w["embeddings.position_embeddings.weight"][:n]
             + w["embeddings.token_type_embeddings.weight"][0]
         )
         x = _layer_norm(x, w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], eps)
         hidden = x.shape[-1]
         dh = hidden // heads
+        # Padded keys get a large negative score, as in BERT's extended attention mask.
+        bias = ((1.0 - mask[:, None, None, :]) * np.finfo(np.float32).min).astype(np.float32)
+        valid = mask.astype(bool)
+
+        def split(t: F32) -> F32:
+            return t.reshape(b, n, heads, dh).transpose(0, 2, 1, 3)
+
         for i in range(int(cfg["num_hidden_layers"])):
             p = f"encoder.layer.{i}"
-            q = (
-                self._linear(x, f"{p}.attention.self.query")
-                .reshape(n, heads, dh)
-                .transpose(1, 0, 2)
-            )
-            k = self._linear(x, f"{p}.attention.self.key").reshape(n, heads, dh).transpose(1, 0, 2)
-            v = (
-                self._linear(x, f"{p}.attention.self.value")
-                .reshape(n, heads, dh)
-                .transpose(1, 0, 2)
-            )
-            att = _softmax((q @ k.transpose(0, 2, 1)) / np.float32(np.sqrt(dh)))
-            ctx = (att @ v).transpose(1, 0, 2).reshape(n, hidden)
+            q = split(self._linear(x, f"{p}.attention.self.query"))
+            k = split(self._linear(x, f"{p}.attention.self.key"))
+            v = split(self._linear(x, f"{p}.attention.self.value"))
+            att = _softmax((q @ k.transpose(0, 1, 3, 2)) / np.float32(np.sqrt(dh)) + bias)
+            ctx = (att @ v).transpose(0, 2, 1, 3).reshape(b, n, hidden)
             a = self._linear(ctx, f"{p}.attention.output.dense")
             x = _layer_norm(
                 a + x,
@@ -143,7 +142,8 @@ class MiniLMReference:
                 w[f"{p}.attention.output.LayerNorm.bias"],
                 eps,
             )
-            h = _gelu(self._linear(x, f"{p}.intermediate.dense"))
+            h = self._linear(x, f"{p}.intermediate.dense")
+            h[valid] = _gelu(h[valid])  # padded rows are never read back; skip their GELU
             o = self._linear(h, f"{p}.output.dense")
             x = _layer_norm(
                 o + x, w[f"{p}.output.LayerNorm.weight"], w[f"{p}.output.LayerNorm.bias"], eps
@@ -152,8 +152,10 @@ class MiniLMReference:
 
     def embed(self, texts: Sequence[str]) -> F32:
         """Mean-pooled, L2-normalised sentence embeddings, shape (len(texts), 384)."""
-        out = []
-        for enc in self.tokenizer.encode_batch(list(texts)):
-            pooled = self.hidden_states(enc.ids).mean(axis=0)
-            out.append(pooled / np.linalg.norm(pooled))
-        return np.stack(out).astype(np.float32)
+        encs = self.tokenizer.encode_batch(list(texts))
+        ids = np.asarray([e.ids for e in encs], dtype=np.int64)
+        mask = np.asarray([e.attention_mask for e in encs], dtype=np.int64)
+        hidden = self.hidden_states(ids, mask)
+        m = mask[:, :, None].astype(np.float32)
+        pooled = (hidden * m).sum(axis=1) / m.sum(axis=1)
+        return (pooled / np.linalg.norm(pooled, axis=1, keepdims=True)).astype(np.float32)
