@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -199,6 +200,20 @@ def tree_rss_mib(pid: int) -> tuple[float, float]:
     return _rss_kib(pid) / 1024, sum(_rss_kib(p) for p in tree) / 1024
 
 
+def core_ticks() -> dict[int, tuple[int, int, int]]:
+    """{core: (busy, total, steal)} jiffies from /proc/stat."""
+    out: dict[int, tuple[int, int, int]] = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        if not line.startswith("cpu") or line.startswith("cpu "):
+            continue
+        name, *vals = line.split()
+        v = [int(x) for x in vals[:8]]
+        total = sum(v)
+        idle = v[3] + v[4]
+        out[int(name[3:])] = (total - idle, total, v[7])
+    return out
+
+
 # --------------------------------------------------------------------------- HTTP checks
 
 
@@ -384,9 +399,11 @@ def run_wrk(
     )
     env = dict(os.environ, BENCH_KEY=key, BENCH_MODEL=BENCH_MODEL)
     cpu0 = tree_cpu_seconds(measure_pid) if measure_pid else None
+    ticks0 = core_ticks()
     cp = subprocess.run(
         argv, env=env, capture_output=True, text=True, timeout=duration_s + 60, check=False
     )
+    ticks1 = core_ticks()
     cpu1 = tree_cpu_seconds(measure_pid) if measure_pid else None
     line = next((ln for ln in cp.stdout.splitlines() if ln.startswith("BENCH_RESULT ")), None)
     if cp.returncode != 0 or line is None:
@@ -412,6 +429,15 @@ def run_wrk(
         res.cpu_s = round(cpu1 - cpu0, 3)
         if res.requests:
             res.cpu_us_per_req = round((cpu1 - cpu0) * 1e6 / res.requests, 1)
+    cores: dict[str, Any] = {}
+    for core, (b1, t1, s1) in ticks1.items():
+        b0, t0, s0 = ticks0.get(core, (b1, t1, s1))
+        if t1 > t0:
+            cores[str(core)] = {
+                "busy_pct": round(100 * (b1 - b0) / (t1 - t0), 1),
+                "steal_pct": round(100 * (s1 - s0) / (t1 - t0), 1),
+            }
+    res.extra["cores"] = cores
     return res
 
 
@@ -434,6 +460,8 @@ class BenchParams:
     warmup_s: float
     client_core: int | None
     key: str = BENCH_KEY
+    repeat: int = 1
+    gateway_core: int | None = None
 
 
 def baseline_of(direct: dict[str, Any]) -> dict[int, tuple[int, int]]:
@@ -471,25 +499,29 @@ def bench_target(
         )
     runs: dict[str, Any] = {}
     for c in bp.connections:
-        log(f"{name}: {bp.duration_s:g}s at -c{c} -t1")
-        r = run_wrk(
-            chat,
-            connections=c,
-            duration_s=bp.duration_s,
-            core=bp.client_core,
-            key=bp.key,
-            measure_pid=pid,
-        )
-        d = r.to_json()
-        if baseline and c in baseline:
-            d["added_p50_us"] = r.p50_us - baseline[c][0]
-            d["added_p99_us"] = r.p99_us - baseline[c][1]
-        runs[str(c)] = d
-        if r.non2xx or r.socket_errors:
-            log(
-                f"WARNING {name} -c{c}: {r.non2xx} non-2xx, {r.socket_errors} socket errors "
-                f"(first: {r.first_non2xx})"
+        samples = []
+        for i in range(max(1, bp.repeat)):
+            rep = f" (run {i + 1}/{bp.repeat})" if bp.repeat > 1 else ""
+            log(f"{name}: {bp.duration_s:g}s at -c{c} -t1{rep}")
+            r = run_wrk(
+                chat,
+                connections=c,
+                duration_s=bp.duration_s,
+                core=bp.client_core,
+                key=bp.key,
+                measure_pid=pid,
             )
+            if r.non2xx or r.socket_errors:
+                log(
+                    f"WARNING {name} -c{c}: {r.non2xx} non-2xx, {r.socket_errors} socket "
+                    f"errors (first: {r.first_non2xx})"
+                )
+            samples.append(r.to_json())
+        d = aggregate(samples, bp.gateway_core)
+        if baseline and c in baseline:
+            d["added_p50_us"] = d["p50_us"] - baseline[c][0]
+            d["added_p99_us"] = d["p99_us"] - baseline[c][1]
+        runs[str(c)] = d
     rss, rss_tree = tree_rss_mib(pid)
     out.update(
         runs=runs,
@@ -499,3 +531,30 @@ def bench_target(
         flagged=any(r["non2xx"] or r["socket_errors"] for r in runs.values()),
     )
     return out
+
+
+def aggregate(samples: list[dict[str, Any]], gateway_core: int | None) -> dict[str, Any]:
+    """Median of each metric over repeated runs; error counts are summed."""
+    med_keys = ("rps", "p50_us", "p90_us", "p99_us", "mean_us", "cpu_us_per_req")
+    d: dict[str, Any] = {"connections": samples[0]["connections"], "repeat": len(samples)}
+    for k in med_keys:
+        vals = [s[k] for s in samples if s.get(k) is not None]
+        d[k] = statistics.median(vals) if vals else None
+    for k in ("p50_us", "p90_us", "p99_us"):
+        d[k] = round(d[k]) if d[k] is not None else None
+    d["max_us"] = max(s["max_us"] for s in samples)
+    for k in ("requests", "non2xx", "socket_errors"):
+        d[k] = sum(int(s[k]) for s in samples)
+    d["first_non2xx"] = next((s["first_non2xx"] for s in samples if s["first_non2xx"]), "")
+    if gateway_core is not None:
+        # Share of the gateway core used by processes other than the gateway (noise).
+        other = []
+        for s in samples:
+            core = s.get("cores", {}).get(str(gateway_core))
+            if core and s.get("cpu_s") is not None and s["duration_s"] > 0:
+                own = 100 * s["cpu_s"] / s["duration_s"]
+                other.append(max(0.0, core["busy_pct"] - own))
+        if other:
+            d["gateway_core_other_pct"] = round(max(other), 1)
+    d["samples"] = samples
+    return d

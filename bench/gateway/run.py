@@ -284,6 +284,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--duration", type=float, default=10.0, help="seconds per measured run")
     p.add_argument("--warmup", type=float, default=3.0, help="warm-up seconds per target")
+    p.add_argument("--repeat", type=int, default=1, help="runs per point; medians reported")
     p.add_argument("--connections", default="1,32", help="comma list (wrk -c), -t1 always")
     p.add_argument(
         "--targets",
@@ -338,7 +339,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         upstream, up_port = h.start_nginx_upstream(workdir / "upstream", a.client_core)
         ctx = Ctx(a, workdir, up_port)
-        params = h.BenchParams(a.connections, a.duration, a.warmup, a.client_core, a.key)
+        params = h.BenchParams(
+            a.connections,
+            a.duration,
+            a.warmup,
+            a.client_core,
+            a.key,
+            repeat=a.repeat,
+            gateway_core=a.gateway_core,
+        )
         h.log(f"nginx upstream on 127.0.0.1:{up_port} (core {a.client_core}, with wrk)")
         direct = h.bench_target(
             "nginx-direct", f"http://127.0.0.1:{up_port}", upstream.pid, params, None
@@ -387,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
             "duration_s": a.duration,
             "warmup_s": a.warmup,
             "connections": a.connections,
+            "repeat": a.repeat,
             "wrk_threads": 1,
         },
         "results": results,

@@ -184,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     h.require_tools("wrk", "nginx", "taskset")
     signal.signal(signal.SIGTERM, _on_signal)
     ts = time.strftime("%Y%m%d-%H%M%S")
-    bp = h.BenchParams(conns, a.duration, a.warmup, a.client_core, repeat=a.repeat)
+    bp = h.BenchParams(
+        conns, a.duration, a.warmup, a.client_core, repeat=a.repeat, gateway_core=a.gateway_core
+    )
     workdir = h.make_tempdir("bastion-stack-")
     results: dict[str, Any] = {}
     upstream: h.Proc | None = None

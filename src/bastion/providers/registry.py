@@ -42,12 +42,13 @@ def build_openai(name: str, cfg: ProviderConfig) -> Provider:
 def build_anthropic(name: str, cfg: ProviderConfig) -> Provider:
     from bastion.providers.anthropic import AnthropicProvider
 
-    kwargs: dict[str, str] = {}
-    if cfg.base_url:
-        kwargs["base_url"] = cfg.base_url
-    if cfg.anthropic_version:
-        kwargs["anthropic_version"] = cfg.anthropic_version
-    return AnthropicProvider(name, api_key=_key(cfg), max_connections=cfg.max_connections, **kwargs)
+    return AnthropicProvider(
+        name,
+        api_key=_key(cfg),
+        base_url=cfg.base_url or "https://api.anthropic.com",
+        anthropic_version=cfg.anthropic_version or "2023-06-01",
+        max_connections=cfg.max_connections,
+    )
 
 
 def build_local(name: str, cfg: ProviderConfig) -> Provider:
