@@ -253,16 +253,16 @@ def machine_info() -> dict[str, Any]:
 def markdown(results: dict[str, Any], conns: list[int]) -> str:
     hdr = (
         "| target | conns | req/s | p50 ms | p99 ms | added p50 ms | added p99 ms "
-        "| CPU µs/req | RSS MiB | non-2xx |"
+        "| CPU µs/req | RSS MiB | non-2xx | noise % |"
     )
-    lines = [hdr, "|" + "---|" * 10]
+    lines = [hdr, "|" + "---|" * 11]
     for name, res in results.items():
         if "skipped" in res:
-            lines.append(f"| {name} | - | SKIPPED: {res['skipped']} |" + " |" * 7)
+            lines.append(f"| {name} | - | SKIPPED: {res['skipped']} |" + " |" * 8)
             continue
         if "error" in res:
             msg = res["error"].replace("\n", " ").replace("|", "/")[:200]
-            lines.append(f"| **{name} ⚠ ERROR** | - | {msg} |" + " |" * 7)
+            lines.append(f"| **{name} ⚠ ERROR** | - | {msg} |" + " |" * 8)
             continue
         label = f"**{name} ⚠ NON-2XX/ERRORS**" if res.get("flagged") else name
         rss = f"{res['rss_mib']:.1f}"
@@ -275,9 +275,32 @@ def markdown(results: dict[str, Any], conns: list[int]) -> str:
                 f"| {label} | {c} | {h.fmt_num(r['rps'])} | {h.fmt_ms(r['p50_us'])} "
                 f"| {h.fmt_ms(r['p99_us'])} | {h.fmt_ms(r.get('added_p50_us'))} "
                 f"| {h.fmt_ms(r.get('added_p99_us'))} | {h.fmt_num(r['cpu_us_per_req'], 1)} "
-                f"| {rss} | {bad if bad else 0} |"
+                f"| {rss} | {bad if bad else 0} | {h.fmt_num(r.get('gateway_core_other_pct'), 1)} |"
             )
     return "\n".join(lines)
+
+
+# The issue's targets for Bastion.
+TARGETS = {"added_p50_ms_c1": 0.5, "added_p99_ms_c1": 2.0, "rps_min": 2000.0, "rss_mib": 150.0}
+
+
+def check_targets(res: dict[str, Any], conns: list[int]) -> list[str]:
+    """PASS/FAIL lines for Bastion against the issue's targets."""
+    if "runs" not in res:
+        return []
+    lo, hi = res["runs"].get("1"), res["runs"][str(max(conns))]
+    out = []
+
+    def line(ok: bool, text: str) -> None:
+        out.append(f"{'PASS' if ok else 'FAIL'}  {text}")
+
+    if lo is not None and lo.get("added_p50_us") is not None:
+        p50, p99 = lo["added_p50_us"] / 1000, lo["added_p99_us"] / 1000
+        line(p50 <= TARGETS["added_p50_ms_c1"], f"added p50 @c1 {p50:.3f} ms (<= 0.5)")
+        line(p99 <= TARGETS["added_p99_ms_c1"], f"added p99 @c1 {p99:.3f} ms (<= 2)")
+    line(hi["rps"] >= TARGETS["rps_min"], f"req/s @c{max(conns)} {hi['rps']:,.0f} (>= 2,000)")
+    line(res["rss_tree_mib"] <= TARGETS["rss_mib"], f"RSS {res['rss_tree_mib']:.1f} MiB (<= 150)")
+    return out
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -400,11 +423,19 @@ def main(argv: list[str] | None = None) -> int:
             "wrk_threads": 1,
         },
         "results": results,
+        "bastion_targets": check_targets(results.get("bastion", {}), a.connections),
     }
     out = Path(a.out) if a.out else RESULTS_DIR / f"gateway-{ts}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     print(markdown(results, a.connections))
+    checks = check_targets(results.get("bastion", {}), a.connections)
+    if checks:
+        print("\nBastion vs targets:\n" + "\n".join(f"  {c}" for c in checks))
+    print(
+        "\nadded = target minus nginx-direct at the same -c; noise % = load on the gateway core "
+        "from other processes during the run (max over repeats)"
+    )
     print(f"\nJSON: {out}")
     flagged = [n for n, r in results.items() if r.get("flagged") or "error" in r]
     if flagged:

@@ -31,7 +31,7 @@ async def chat_completions(app: BastionApp, ex: Exchange) -> None:
     principal = app.authenticate(ex)
     data = await ex.req.json(app.max_body)
     try:
-        req = ChatRequest.model_validate(data)
+        req = ChatRequest.from_body(data)
     except ValidationError as exc:
         raise from_validation(exc) from None
     ex.model = req.model

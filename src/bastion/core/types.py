@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 JSON = dict[str, Any]
 """A JSON object in OpenAI's shape (a completion, a chunk, an embeddings list)."""
@@ -57,6 +57,14 @@ class ChatRequest(BaseModel):
     response_format: dict[str, Any] | None = None
     user: str | None = None
     metadata: dict[str, Any] | None = None
+    _raw: JSON | None = PrivateAttr(default=None)
+
+    @classmethod
+    def from_body(cls, body: JSON) -> ChatRequest:
+        """Validate a client's body, keeping it verbatim for OpenAI-compatible upstreams."""
+        req = cls.model_validate(body)
+        req._raw = body
+        return req
 
     def output_limit(self) -> int | None:
         """The caller's cap on generated tokens, whichever field carried it."""
@@ -66,7 +74,16 @@ class ChatRequest(BaseModel):
         return bool(self.stream_options and self.stream_options.include_usage)
 
     def upstream_body(self, model: str) -> JSON:
-        """The body to send an OpenAI-compatible upstream, with its model name."""
+        """The body to send an OpenAI-compatible upstream, with its model name.
+
+        A request parsed with :meth:`from_body` passes through as the client sent
+        it (cheaper than re-serialising, and faithful to fields Bastion does not
+        model); others are dumped from their fields.
+        """
+        if self._raw is not None:
+            body = dict(self._raw)
+            body["model"] = model
+            return body
         body = self.model_dump(exclude_none=True, exclude_unset=True)
         body["model"] = model
         return body

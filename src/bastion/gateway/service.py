@@ -178,9 +178,7 @@ class Gateway:
         if plan is not None:
             principal.check_model(model)
         else:
-            raise ModelNotFound(
-                f"model {model!r} does not exist", param="model"
-            )
+            raise ModelNotFound(f"model {model!r} does not exist", param="model")
         if plan.type != kind:
             raise InvalidRequest(
                 f"model {model!r} is a {plan.type} model, not {kind}", param="model"
