@@ -110,6 +110,8 @@ class BastionApp:
             rid = "req_" + os.urandom(12).hex()
         route = self._route(req.method, req.path)
         ex = Exchange(req, send, rid, route.endpoint if route else "unknown")
+        in_flight = self.metrics.in_flight
+        in_flight.inc()
         try:
             if route is None:
                 raise NotFound(f"no route for {req.method} {req.path}")
@@ -125,6 +127,7 @@ class BastionApp:
             if not ex.started:
                 await self._send_error(ex, err, anthropic=bool(route and route.anthropic))
         finally:
+            in_flight.dec()
             if ex.endpoint not in _UNTRACKED:
                 self._record(ex)
 
