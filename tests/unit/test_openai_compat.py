@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -21,12 +22,13 @@ from bastion.core.errors import (
     UpstreamTimeout,
 )
 from bastion.core.types import ChatRequest, EmbeddingRequest
-from bastion.providers._http import SSEDecoder, parse_retry_after, redact
+from bastion.providers._http import SSEDecoder, deadlines, parse_retry_after, redact
 from bastion.providers.base import CallContext, Provider, Timeouts
 from bastion.providers.openai_compat import OpenAICompatProvider
-from bastion.testing.fake_upstream import FakeUpstream, run_fake_upstream
+from bastion.testing.fake_upstream import FakeUpstream
 
 KEY = "sk-unit-test-secret-0123456789"
+_JSON = "application/json"
 WEATHER_TOOL = {
     "type": "function",
     "function": {
@@ -34,12 +36,6 @@ WEATHER_TOOL = {
         "parameters": {"type": "object", "properties": {"location": {"type": "string"}}},
     },
 }
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeUpstream]:
-    with run_fake_upstream() as upstream:
-        yield upstream
 
 
 @pytest_asyncio.fixture(loop_scope="function")
@@ -282,6 +278,16 @@ async def test_malformed_stream_event(provider: OpenAICompatProvider, fake: Fake
         await collect(provider, chat("malformed event", stream=True), ctx())
 
 
+async def test_json_answer_to_stream_request(
+    provider: OpenAICompatProvider, fake: FakeUpstream
+) -> None:
+    step = {"body": '{"error": {"message": "no streams here"}}', "headers": {"Content-Type": _JSON}}
+    fake.script(step, match="json not sse")
+    with pytest.raises(UpstreamError) as info:
+        await collect(provider, chat("json not sse", stream=True), ctx())
+    assert "no streams here" in info.value.message
+
+
 async def test_stream_without_finish_is_an_error(
     provider: OpenAICompatProvider, fake: FakeUpstream
 ) -> None:
@@ -375,6 +381,28 @@ async def test_azure_headers_and_query(fake: FakeUpstream) -> None:
     assert rec["headers"]["api-key"] == KEY
     assert rec["headers"]["x-extra"] == "yes"
     assert "authorization" not in rec["headers"]
+
+
+async def test_outside_cancel_is_not_a_timeout(
+    provider: OpenAICompatProvider, fake: FakeUpstream
+) -> None:
+    fake.script({"delay_s": 1}, match="cancel me")
+    task = asyncio.create_task(provider.chat(chat("cancel me"), "m", ctx(first_byte=30)))
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_deadline_leaves_task_uncancelled() -> None:
+    dl = deadlines()
+    loop = asyncio.get_running_loop()
+    with pytest.raises(TimeoutError):
+        await dl.wait(asyncio.sleep(5), loop.time() + 0.05)
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
+    assert await dl.wait(asyncio.sleep(0, "done"), loop.time() + 5) == "done"
+    assert await dl.wait(asyncio.sleep(0, "none"), None) == "none"
 
 
 def test_sse_decoder_handles_split_and_crlf() -> None:

@@ -115,7 +115,7 @@ models:
 """
     found = problems(text)
     assert (4, "models.a.fallbacks: fallback chain loops back to this model") in found
-    assert (6, "models.e.fallbacks.0: fallback 'a' is a chat model, not embedding") in found
+    assert (6, "models.e.fallbacks.0: fallback 'a' is a model of type chat, not embedding") in found
 
 
 def test_yaml_syntax_error_has_a_line() -> None:

@@ -10,7 +10,6 @@ request after the response has been sent.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import re
@@ -273,8 +272,16 @@ class BastionApp:
 
         assert self.policy_path is not None
         target = str(self.policy_path.absolute())
-        # watch the directory: editors replace files rather than write in place
-        async for changes in awatch(os.path.dirname(target), debounce=200, step=50):
-            if any(p == target for _, p in changes):
-                with contextlib.suppress(Exception):
-                    await self.reload_policy()
+
+        def is_policy(_change: object, path: str) -> bool:
+            return path == target
+
+        # watch the directory (editors replace files rather than write in place),
+        # non-recursively and only for the policy file itself
+        async for _ in awatch(
+            os.path.dirname(target), watch_filter=is_policy, recursive=False, debounce=200, step=50
+        ):
+            try:
+                await self.reload_policy()
+            except Exception:
+                log.exception("policy reload failed")

@@ -85,7 +85,8 @@ async def create_key(app: BastionApp, ex: Exchange) -> None:
         spec = KeyCreate.model_validate(await ex.req.json(app.max_body))
     except ValidationError as exc:
         raise from_validation(exc) from None
-    unknown = [m for m in spec.models if m != "*" and m not in app.gateway.rt.plans]
+    plans = app.gateway.rt.plans
+    unknown = [m for m in spec.models if not any(c in m for c in "*?[") and m not in plans]
     if unknown:
         raise InvalidRequest(f"unknown models: {', '.join(unknown)}", param="models")
     expires = time.time() + spec.ttl_s if spec.ttl_s else None

@@ -9,6 +9,7 @@ applies schema migrations, an explicit step.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bastion import __version__
+from bastion.config.schema import Policy
 from bastion.core.errors import BastionError, PolicyError
 from bastion.core.settings import Settings
 from bastion.store.sqlite.keys import SqliteKeyStore, upgrade
@@ -52,7 +54,9 @@ def version() -> None:
 def check(files: Annotated[list[Path], typer.Argument(help="Policy files to validate.")]) -> None:
     """Validate policy files; print file:line: reason for every problem."""
     from bastion.config.loader import load_policy
+    from bastion.providers.registry import factories
 
+    known = factories()
     bad = 0
     for f in files:
         try:
@@ -62,9 +66,25 @@ def check(files: Annotated[list[Path], typer.Argument(help="Policy files to vali
                 print(f"{name}:{line}: {reason}")
             bad += len(exc.problems)
             continue
-        print(f"{f}: ok ({len(policy.providers)} providers, {len(policy.models)} models)")
+        unknown = {n: p.type for n, p in policy.providers.items() if p.type not in known}
+        for n, t in unknown.items():
+            print(
+                f"{f}: providers.{n}.type: unknown provider type {t!r} "
+                f"(installed: {', '.join(sorted(known))})"
+            )
+        bad += len(unknown)
+        for ref in _secret_refs(policy):
+            if ref.startswith("env:") and ref[4:] not in os.environ:
+                print(f"{f}: warning: {ref} is not set in this environment", file=sys.stderr)
+        if not unknown:
+            print(f"{f}: ok ({len(policy.providers)} providers, {len(policy.models)} models)")
     if bad:
         raise typer.Exit(1)
+
+
+def _secret_refs(policy: Policy) -> list[str]:
+    refs = [p.api_key for p in policy.providers.values() if p.api_key]
+    return refs + [k.secret for k in policy.keys.values() if k.secret]
 
 
 @app.command()
@@ -94,10 +114,10 @@ def serve(
         built = build_app(settings, announce=announce)
     except PolicyError as exc:
         for name, line, reason in exc.problems:
-            err.print(f"{name}:{line}: {reason}", markup=False, highlight=False)
+            print(f"{name}:{line}: {reason}", file=sys.stderr)
         raise typer.Exit(2) from None
     except BastionError as exc:
-        err.print(f"error: {exc.message}", markup=False, highlight=False)
+        print(f"error: {exc.message}", file=sys.stderr)
         raise typer.Exit(2) from None
     configure(built.app.gateway.rt.policy.telemetry.log_level)
     mode = f"policy {settings.policy_path}" if settings.policy_path else "embedded defaults"

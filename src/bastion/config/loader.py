@@ -48,7 +48,12 @@ def _line(lines: dict[Loc, int], loc: Loc) -> int:
 def _clean_loc(loc: tuple[Any, ...]) -> Loc:
     # pydantic adds union-member and validator tags such as "RouteConfig" or
     # "function-after[...]" to a location; drop them so paths match the YAML.
-    return tuple(p for p in loc if isinstance(p, int) or ("[" not in p and p[:1].islower()))
+    return tuple(
+        p
+        for p in loc
+        if isinstance(p, int)
+        or ("[" not in p and p[:1].islower() and p not in {"constrained-str", "str"})
+    )
 
 
 def _loc_text(loc: Loc) -> str:
@@ -98,7 +103,7 @@ def load_policy(path: str | Path) -> Policy:
     try:
         text = p.read_text()
     except OSError as exc:
-        raise PolicyError([(str(p), 0, f"cannot read file: {exc.strerror}")]) from None
+        raise PolicyError([(str(p), 1, f"cannot read file: {exc.strerror}")]) from None
     return parse_policy(text, str(p))
 
 
@@ -111,6 +116,11 @@ def cross_check(policy: Policy) -> Iterator[tuple[Loc, str]]:
                     ("models", name, "routes", i, "provider"),
                     (f"unknown provider {route.provider!r}"),
                 )
+            elif route.model is None and not _has_default(policy, route.provider):
+                yield (
+                    ("models", name, "routes", i),
+                    (f"give a model: provider {route.provider!r} has no default_model"),
+                )
         for i, fb in enumerate(model.fallbacks):
             loc = ("models", name, "fallbacks", i)
             if isinstance(fb, RouteConfig):
@@ -119,16 +129,23 @@ def cross_check(policy: Policy) -> Iterator[tuple[Loc, str]]:
             elif fb in policy.models:
                 kind = policy.models[fb].type
                 if kind != model.type:
-                    yield loc, f"fallback {fb!r} is a {kind} model, not {model.type}"
+                    yield loc, f"fallback {fb!r} is a model of type {kind}, not {model.type}"
             elif fb not in policy.providers:
                 yield loc, f"{fb!r} is neither a model nor a provider"
+            elif not _has_default(policy, fb):
+                yield loc, f"provider {fb!r} has no default_model to fall back to"
     for name in policy.models:
         if _has_cycle(policy, name):
             yield ("models", name, "fallbacks"), "fallback chain loops back to this model"
     for name, key in policy.keys.items():
         for i, m in enumerate(key.models):
-            if m != "*" and m not in policy.models:
+            if not any(c in m for c in "*?[") and m not in policy.models:
                 yield ("keys", name, "models", i), f"unknown model {m!r}"
+
+
+def _has_default(policy: Policy, provider: str) -> bool:
+    cfg = policy.providers[provider]
+    return cfg.default_model is not None or cfg.type == "local"
 
 
 def _has_cycle(policy: Policy, start: str) -> bool:

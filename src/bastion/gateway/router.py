@@ -54,19 +54,32 @@ class RouterObserver(Protocol):
 
 
 @dataclass(eq=False, slots=True)
+class Ewma:
+    """An exponentially weighted moving average of attempt latency."""
+
+    value: float | None = None
+    alpha: float = 0.3
+
+    def observe(self, seconds: float) -> None:
+        prev = self.value
+        self.value = seconds if prev is None else prev + self.alpha * (seconds - prev)
+
+
+@dataclass(eq=False, slots=True)
 class Deployment:
-    """One provider + provider-side model; owns its breaker and latency estimate."""
+    """One provider + provider-side model as a route of one model alias.
+
+    ``weight`` belongs to the route; ``breaker`` and ``latency`` describe the
+    upstream deployment itself and are shared by every alias that routes to the
+    same ``provider/model``.
+    """
 
     id: str
     provider: Provider
     model: str
     weight: float
     breaker: CircuitBreaker
-    ewma_s: float | None = None
-
-    def observe_latency(self, seconds: float, alpha: float = 0.3) -> None:
-        prev = self.ewma_s
-        self.ewma_s = seconds if prev is None else prev + alpha * (seconds - prev)
+    latency: Ewma = field(default_factory=Ewma)
 
 
 @dataclass(eq=False, slots=True)
@@ -92,8 +105,8 @@ def latency_order(deps: list[Deployment], rng: random.Random) -> list[Deployment
     order = weighted_order(deps, rng)
     if len(order) >= 2:
         a, b = order[0], order[1]
-        la = a.ewma_s if a.ewma_s is not None else -1.0
-        lb = b.ewma_s if b.ewma_s is not None else -1.0
+        la = a.latency.value if a.latency.value is not None else -1.0
+        lb = b.latency.value if b.latency.value is not None else -1.0
         if lb < la:
             order[0], order[1] = b, a
     return order
@@ -196,7 +209,7 @@ class Router:
                     raise
                 dt = loop.time() - t0
                 dep.breaker.record(True)
-                dep.observe_latency(dt)
+                dep.latency.observe(dt)
                 if obs is not None:
                     obs.attempt(dep.id, "ok", dt)
                 return dep, result

@@ -20,7 +20,14 @@ from bastion.core.secrets import hash_key, resolve
 from bastion.core.types import JSON, ChatRequest, EmbeddingRequest
 from bastion.gateway.auth import KeyRecord, KeyRing, KeyStore, Principal
 from bastion.gateway.breaker import CircuitBreaker
-from bastion.gateway.router import Deployment, ModelPlan, Router, RouterObserver, breaker_listener
+from bastion.gateway.router import (
+    Deployment,
+    Ewma,
+    ModelPlan,
+    Router,
+    RouterObserver,
+    breaker_listener,
+)
 from bastion.providers import registry
 from bastion.providers.base import CallContext, Provider, Timeouts
 
@@ -37,12 +44,32 @@ class Runtime:
     deployments: dict[str, Deployment] = field(default_factory=dict)
 
 
+def policy_keys(policy: Policy) -> list[KeyRecord]:
+    """The keys a policy declares, as records (secrets resolved and hashed)."""
+    out = []
+    for name, k in policy.keys.items():
+        if k.sha256:
+            digest = k.sha256
+        else:
+            secret = resolve(k.secret)
+            assert secret is not None
+            digest = hash_key(secret.reveal())
+        out.append(
+            KeyRecord(
+                id=f"policy:{name}", name=name, hash=digest, models=tuple(k.models), admin=k.admin
+            )
+        )
+    return out
+
+
 def _timeouts(m: ModelConfig) -> Timeouts:
+    """``timeout_s`` sets the total, and the first-byte limit unless that is given."""
     t = m.timeouts
     total = m.timeout_s if m.timeout_s is not None else t.total_s
+    first_byte = t.first_byte_s if "first_byte_s" in t.model_fields_set else total
     return Timeouts(
         connect=t.connect_s,
-        first_byte=min(t.first_byte_s, total),
+        first_byte=min(first_byte, total),
         total=total,
         stream_idle=t.stream_idle_s,
     )
@@ -68,6 +95,7 @@ class Gateway:
         self._keys_version = -1
         self.keyring = KeyRing()
         self.rt = self._build(policy, None)
+        self._policy_keys = policy_keys(policy)
         self.refresh_keys(force=True)
 
     # ------------------------------------------------------------------ policy
@@ -84,21 +112,28 @@ class Gateway:
         plans: dict[str, ModelPlan] = {}
 
         def deployment(route: RouteConfig, model: ModelConfig) -> Deployment:
+            """A route of ``model``; breaker and latency are shared per provider/model."""
             cfg, provider = providers[route.provider]
             target = route.model or registry.default_model(route.provider, cfg)
             dep_id = f"{route.provider}/{target}"
-            prev = old_deps.get(dep_id)
-            if dep_id in deployments:
-                return deployments[dep_id]
-            if prev is not None and prev.provider is provider and prev.breaker.cfg == model.breaker:
-                dep = Deployment(dep_id, provider, target, route.weight, prev.breaker, prev.ewma_s)
-            else:
-                breaker = CircuitBreaker(
-                    model.breaker, on_change=breaker_listener(self.observer, dep_id)
+            shared = deployments.get(dep_id)
+            if shared is None:
+                prev = old_deps.get(dep_id)
+                if (
+                    prev is not None
+                    and prev.provider is provider
+                    and prev.breaker.cfg == model.breaker
+                ):
+                    breaker, latency = prev.breaker, prev.latency
+                else:
+                    listener = breaker_listener(self.observer, dep_id)
+                    breaker, latency = CircuitBreaker(model.breaker, on_change=listener), Ewma()
+                shared = deployments[dep_id] = Deployment(
+                    dep_id, provider, target, route.weight, breaker, latency
                 )
-                dep = Deployment(dep_id, provider, target, route.weight, breaker)
-            deployments[dep_id] = dep
-            return dep
+            return Deployment(
+                dep_id, provider, target, route.weight, shared.breaker, shared.latency
+            )
 
         for alias, m in policy.models.items():
             plans[alias] = ModelPlan(
@@ -122,8 +157,9 @@ class Gateway:
     async def apply(self, policy: Policy) -> None:
         """Swap in a new policy; close providers it no longer uses."""
         old = self.rt
+        keys = policy_keys(policy)  # may fail (an unset secret): before anything changes
         new = self._build(policy, old)
-        self.rt = new
+        self.rt, self._policy_keys = new, keys
         self.refresh_keys(force=True)
         kept = {id(p) for _, p in new.providers.values()}
         stale = [p for _, p in old.providers.values() if id(p) not in kept]
@@ -137,32 +173,12 @@ class Gateway:
         await asyncio.gather(*(p.aclose() for _, p in self.rt.providers.values()))
 
     # ------------------------------------------------------------------ keys
-    def policy_keys(self) -> list[KeyRecord]:
-        out = []
-        for name, k in self.rt.policy.keys.items():
-            if k.sha256:
-                digest = k.sha256
-            else:
-                secret = resolve(k.secret)
-                assert secret is not None
-                digest = hash_key(secret.reveal())
-            out.append(
-                KeyRecord(
-                    id=f"policy:{name}",
-                    name=name,
-                    hash=digest,
-                    models=tuple(k.models),
-                    admin=k.admin,
-                )
-            )
-        return out
-
     def refresh_keys(self, force: bool = False) -> bool:
         """Rebuild the key ring if the key store changed. Returns whether it did."""
         version = self.keystore.version() if self.keystore is not None else 0
         if not force and version == self._keys_version:
             return False
-        records = list(self.extra_keys) + self.policy_keys()
+        records = self.extra_keys + self._policy_keys
         if self.keystore is not None:
             records += self.keystore.list()
         self.keyring = KeyRing(records)

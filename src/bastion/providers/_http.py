@@ -11,6 +11,9 @@
 Timeouts come from :class:`~bastion.providers.base.Timeouts`: ``connect`` (TCP/TLS),
 ``first_byte`` (until response headers), ``total`` (whole call), ``stream_idle`` (gap
 between reads of a stream). Every wait on the upstream is added to ``ctx.upstream_s``.
+Deadlines are enforced by :class:`Deadlines`, one coarse ticking task per event loop
+(``TICK_S`` granularity) instead of a timer per await: the hot path then costs a set
+insert per wait, which matters for streams (one wait per read).
 Secrets given to these helpers are scrubbed from any upstream error text.
 """
 
@@ -20,9 +23,9 @@ import asyncio
 import email.utils
 import re
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
@@ -45,6 +48,86 @@ SSEEvent = tuple[str, bytes]
 _KEYISH = re.compile(r"(sk-[\w\-*.]{3,}|Bearer\s+\S+)", re.IGNORECASE)
 _MAX_MESSAGE = 500
 _perf = time.perf_counter
+T = TypeVar("T")
+TICK_S = 0.02
+"""Granularity of upstream deadlines (a timeout fires up to this late)."""
+
+
+class _Wait:
+    __slots__ = ("cancelling", "deadline", "fired", "task")
+
+    def __init__(self, task: asyncio.Task[Any], deadline: float) -> None:
+        self.task = task
+        self.deadline = deadline
+        self.cancelling = task.cancelling()
+        self.fired = False
+
+
+class Deadlines:
+    """Timeouts for awaits on the upstream, checked by one ticking task per loop.
+
+    ``await deadlines.wait(aw, deadline)`` raises :class:`TimeoutError` once
+    ``loop.time()`` passes ``deadline`` (within ``TICK_S``), cancelling ``aw``
+    like :func:`asyncio.timeout` would. The ticker stops itself when idle.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.armed: set[_Wait] = set()
+        self._ticker: asyncio.Task[None] | None = None
+
+    async def wait(self, aw: Awaitable[T], deadline: float | None) -> T:
+        """Await ``aw``; past ``deadline`` (a ``loop.time()`` value) raise TimeoutError."""
+        if deadline is None:
+            return await aw
+        task = asyncio.current_task()
+        assert task is not None, "Deadlines.wait() must run inside a task"
+        w = _Wait(task, deadline)
+        self.armed.add(w)
+        if self._ticker is None:
+            self._ticker = self.loop.create_task(self._tick())
+        try:
+            return await aw
+        except BaseException as exc:
+            if not w.fired:
+                raise
+            # Our cancel: a timeout, unless the task was also cancelled from outside.
+            outside = task.uncancel() > w.cancelling
+            if outside and isinstance(exc, asyncio.CancelledError):
+                raise
+            raise TimeoutError from None
+        finally:
+            self.armed.discard(w)
+
+    async def _tick(self) -> None:
+        idle = 0
+        try:
+            while idle < 50:
+                await asyncio.sleep(TICK_S)
+                if not self.armed:
+                    idle += 1
+                    continue
+                idle = 0
+                now = self.loop.time()
+                for w in [w for w in self.armed if w.deadline <= now]:
+                    self.armed.discard(w)
+                    w.fired = True
+                    w.task.cancel()
+        finally:
+            self._ticker = None
+
+
+_current: Deadlines | None = None
+
+
+def deadlines() -> Deadlines:
+    """The :class:`Deadlines` of the running loop."""
+    global _current
+    loop = asyncio.get_running_loop()
+    current = _current
+    if current is None or current.loop is not loop:
+        current = _current = Deadlines(loop)
+    return current
 
 
 class PooledSession:
@@ -221,25 +304,26 @@ async def post_json(
 ) -> JSON:
     """POST ``data`` and return the JSON object answered; errors mapped per the table."""
     t = ctx.timeouts
-    loop = asyncio.get_running_loop()
-    now = loop.time()
+    dl = deadlines()
+    now = dl.loop.time()
     phase = "first byte"
     start = _perf()
     try:
-        async with asyncio.timeout_at(_deadline(now, t.first_byte, t.total)) as cm:
-            resp = await session.post(
+        resp = await dl.wait(
+            session.post(
                 url,
                 data=data,
                 headers=headers,
                 timeout=_client_timeout(t.connect),
                 allow_redirects=False,
-            )
-            try:
-                phase = "body"
-                cm.reschedule(_deadline(now, t.total))
-                raw = await resp.read()
-            finally:
-                resp.release()
+            ),
+            _deadline(now, t.first_byte, t.total),
+        )
+        try:
+            phase = "body"
+            raw = await dl.wait(resp.read(), _deadline(now, t.total))
+        finally:
+            resp.release()
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         raise transport_error(exc, phase) from None
     finally:
@@ -298,17 +382,17 @@ class SSEStream:
         self.deadline = deadline
         self.idle = ctx.timeouts.stream_idle
 
-    async def _read(self, loop: asyncio.AbstractEventLoop) -> bytes:
+    async def _read(self, dl: Deadlines) -> bytes:
         start = _perf()
-        idle_deadline = _deadline(loop.time(), self.idle)
         deadline = self.deadline
-        if idle_deadline is not None and (deadline is None or idle_deadline < deadline):
-            deadline = idle_deadline
+        if self.idle is not None:
+            idle_deadline = dl.loop.time() + self.idle
+            if deadline is None or idle_deadline < deadline:
+                deadline = idle_deadline
         try:
-            async with asyncio.timeout_at(deadline):
-                return await self.resp.content.readany()
+            return await dl.wait(self.resp.content.readany(), deadline)
         except TimeoutError:
-            total = self.deadline is not None and loop.time() >= self.deadline
+            total = self.deadline is not None and dl.loop.time() >= self.deadline
             raise UpstreamTimeout(
                 "upstream timed out (total)" if total else "upstream stream idle timeout"
             ) from None
@@ -319,9 +403,9 @@ class SSEStream:
 
     async def events(self) -> AsyncIterator[SSEEvent]:
         """Yield ``(event, data)`` until the upstream ends the body."""
-        loop = asyncio.get_running_loop()
+        dl = deadlines()
         decoder = SSEDecoder()
-        while chunk := await self._read(loop):
+        while chunk := await self._read(dl):
             for event in decoder.feed(chunk):
                 yield event
         for event in decoder.flush():
@@ -329,9 +413,9 @@ class SSEStream:
 
     async def read_all(self) -> bytes:
         """The rest of the body (for a response that turned out not to be a stream)."""
-        loop = asyncio.get_running_loop()
+        dl = deadlines()
         parts = []
-        while chunk := await self._read(loop):
+        while chunk := await self._read(dl):
             parts.append(chunk)
         return b"".join(parts)
 
@@ -339,10 +423,11 @@ class SSEStream:
         """Drain what is left (to keep the connection alive), then release it."""
         content = self.resp.content
         if not content.at_eof():
+            dl = deadlines()
+            deadline = dl.loop.time() + grace
             try:
-                async with asyncio.timeout(grace):
-                    while await content.readany():
-                        pass
+                while await dl.wait(content.readany(), deadline):
+                    pass
             except (aiohttp.ClientError, OSError, TimeoutError):
                 self.resp.close()
                 return
@@ -370,26 +455,28 @@ async def open_sse(
     An error status, or a JSON body instead of a stream, raises (mapped per the table).
     """
     t = ctx.timeouts
-    loop = asyncio.get_running_loop()
-    now = loop.time()
+    dl = deadlines()
+    now = dl.loop.time()
     total = _deadline(now, t.total)
     start = _perf()
     try:
-        async with asyncio.timeout_at(_deadline(now, t.first_byte, t.total)):
-            resp = await session.post(
+        resp = await dl.wait(
+            session.post(
                 url,
                 data=data,
                 headers=headers,
                 timeout=_client_timeout(t.connect),
                 allow_redirects=False,
-            )
+            ),
+            _deadline(now, t.first_byte, t.total),
+        )
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         raise transport_error(exc, "first byte") from None
     finally:
         ctx.upstream_s += _perf() - start
     stream = SSEStream(resp, ctx, total)
-    if resp.status < 300 and resp.content_type == "text/event-stream":
-        return stream
+    if resp.status < 300 and resp.content_type != "application/json":
+        return stream  # text/event-stream, or a server that labels it oddly
     try:
         raw = await stream.read_all()
     finally:

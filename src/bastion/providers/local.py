@@ -23,9 +23,15 @@ loads them ahead of time.
   built from that function's JSON schema and returned as a ``tool_calls`` message.
 * **Usage.** Prompt and completion tokens are counted in the generation loop (the
   end-of-generation token is not counted), for streams and non-streams alike.
-* **CPU buffers.** llama.cpp's extra weight buffers (AMX / repacked layouts) are
-  off unless ``extra_buffers=True``: the AMX path crashes on some CPUs and VMs,
-  and a Q4_1 model gains nothing from CPU repacking.
+* **CPU.** ``n_threads`` defaults to the free cores minus one (for the event
+  loop), split across ``max_concurrency``; ``OMP_WAIT_POLICY`` defaults to
+  ``PASSIVE``. llama.cpp's extra weight buffers (AMX / repacked layouts) are off
+  unless ``extra_buffers=True``: the AMX path crashes (SIGSEGV) on some CPUs and
+  VMs, and a Q4_1 model gains nothing from CPU repacking.
+* **Determinism.** Each request re-evaluates its whole prompt, so the same request
+  (``temperature=0`` or a ``seed``) gives the same output; ``prefix_cache=True``
+  reuses the previous prompt's KV cache instead (faster multi-turn chats, but the
+  re-evaluated boundary token can change greedy output).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import asyncio
 import base64
 import importlib
 import json
+import os
 import threading
 import time
 import uuid
@@ -70,6 +77,10 @@ def _llama_class() -> Any:
     global _LLAMA_CLASS
     if _LLAMA_CLASS is not None:
         return _LLAMA_CLASS
+    # Idle OpenMP workers sleep instead of spinning: spinning threads starve the
+    # event loop and collapse throughput when cores are shared. Set before the
+    # OpenMP runtime loads; an explicit OMP_WAIT_POLICY wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         llama_cpp: Any = importlib.import_module("llama_cpp")
     except ImportError as exc:
@@ -121,15 +132,20 @@ class LocalProvider:
         chat_format: str | None = None,
         default_max_tokens: int = DEFAULT_MAX_TOKENS,
         extra_buffers: bool = False,
+        prefix_cache: bool = False,
     ) -> None:
         self.name = name
         self.model_path = model_path
         self.n_ctx = n_ctx
         self.max_concurrency = max(1, max_concurrency)
-        self.n_threads = n_threads or max(1, min(8, available_cores() // self.max_concurrency))
+        # One core is left to the event loop (and the embedder); llama.cpp's OpenMP
+        # threads collapse when they outnumber free cores.
+        cores = max(1, available_cores() - 1)
+        self.n_threads = n_threads or max(1, min(8, cores // self.max_concurrency))
         self.chat_format = chat_format
         self.default_max_tokens = default_max_tokens
         self.extra_buffers = extra_buffers
+        self.prefix_cache = prefix_cache
         self.embedder = OnnxEmbedder(embed_model_path, tokenizer_path)
         self._gate = Gate(self.max_concurrency, max(0, max_queue), "local model queue full")
         self._pool: list[Any] = []  # idle llama instances, one context each
@@ -236,6 +252,8 @@ class LocalProvider:
         try:
             llm = self._checkout()
             llm.bastion_run = run
+            if not self.prefix_cache:
+                llm.reset()  # re-evaluate the whole prompt: same request, same output
             result = llm.create_chat_completion(**params)
             if not params["stream"]:
                 return result
@@ -253,10 +271,13 @@ class LocalProvider:
                     f"prompt too long for the local model (context {self.n_ctx} tokens)",
                     param="messages",
                 ) from exc
-            raise InvalidRequest(f"local model rejected the request: {exc}") from exc
+            # The text may quote the request (a schema, a template message): not echoed.
+            raise InvalidRequest("the local model could not format this request") from exc
         except BastionError:
             raise
         except Exception as exc:
+            if type(exc).__module__.startswith("jinja2"):  # the chat template refused it
+                raise InvalidRequest("the model's chat template rejected the messages") from exc
             raise UpstreamError(
                 f"local model failed: {type(exc).__name__}", deployment=self.name
             ) from exc
@@ -265,7 +286,8 @@ class LocalProvider:
                 llm.bastion_run = None
                 self._checkin(llm)
             if run.cancelled:
-                self.cancelled_generations += 1
+                with self._pool_lock:
+                    self.cancelled_generations += 1
             self._runs.discard(run)
             self._gate.release()
 

@@ -2,9 +2,9 @@
 
 One JSON object per line on stderr: ``ts``, ``level``, ``logger``, ``event``
 and keyword fields (``log.info("request", extra={"fields": {...}})`` or
-:func:`event`). Message content is never logged unless the policy opts in, and
-a last-line filter masks anything that looks like a bearer token or an API
-key, so a secret cannot reach a log line even by mistake.
+:func:`event`). Message content is never logged, and a last-line filter
+masks anything that looks like a bearer token or an API key, so a secret
+cannot reach a log line even by mistake.
 """
 
 from __future__ import annotations

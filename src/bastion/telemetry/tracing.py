@@ -2,7 +2,7 @@
 
 Off by default: with no exporter the tracer is OpenTelemetry's no-op tracer
 and the hot path only pays for a falsy check. ``telemetry.otlp_endpoint`` in
-the policy (or ``OTEL_EXPORTER_OTLP_ENDPOINT``) turns on an OTLP/HTTP exporter
+the policy (or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) turns on an OTLP/HTTP exporter
 behind a batch processor (the ``otlp`` extra). Tests pass their own
 ``SpanExporter`` (e.g. an in-memory one).
 

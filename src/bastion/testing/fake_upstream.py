@@ -59,21 +59,15 @@ READY = "FAKE_UPSTREAM_READY"
 _JSON_CT = "application/json"
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 _MODELS = ["fake-model", "gpt-4o-mini", "text-embedding-3-small", "claude-3-5-haiku-latest"]
-_OPENAI_ERR = {
-    400: "invalid_request_error",
-    401: "invalid_request_error",
-    403: "permission_error",
-    404: "invalid_request_error",
-    429: "rate_limit_error",
-}
-_ANTHROPIC_ERR = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    529: "overloaded_error",
+# status -> error "type" in OpenAI's and Anthropic's error bodies
+_ERR_TYPES = {
+    400: ("invalid_request_error",) * 2,
+    401: ("invalid_request_error", "authentication_error"),
+    403: ("permission_error",) * 2,
+    404: ("invalid_request_error", "not_found_error"),
+    413: ("invalid_request_error", "request_too_large"),
+    429: ("rate_limit_error",) * 2,
+    529: ("server_error", "overloaded_error"),
 }
 _WORD = re.compile(r"\w+")
 
@@ -143,14 +137,8 @@ def _from_schema(schema: Any, text: str) -> Any:
     if kind == "object" or "properties" in schema:
         props = schema.get("properties") or {}
         return {k: _from_schema(v, text) for k, v in props.items()}
-    return {
-        "string": text,
-        "integer": 0,
-        "number": 0,
-        "boolean": True,
-        "array": [],
-        "null": None,
-    }.get(str(kind), text)
+    scalars: JSON = {"string": text, "integer": 0, "number": 0, "boolean": True, "null": None}
+    return [] if kind == "array" else scalars.get(str(kind), text)
 
 
 class _Plan:
@@ -225,6 +213,7 @@ class FakeServer:
         self.in_flight = 0
         self.max_in_flight = 0
         self.ids = itertools.count(1)
+        self.generation = 0  # bumped by reset: late answers to older requests aren't counted
         self.models = orjson.dumps(
             {
                 "object": "list",
@@ -264,7 +253,8 @@ class FakeServer:
         return self.anon.popleft() if self.anon else {}
 
     def _done(self, request: web.Request, status: int) -> None:
-        self.stats[(request.path, status)] += 1
+        if request.get("generation", self.generation) == self.generation:
+            self.stats[(request.path, status)] += 1
 
     def _auth_ok(self, request: web.Request) -> bool:
         if self.api_key is None:
@@ -285,12 +275,11 @@ class FakeServer:
         if "retry_after_ms" in step:
             headers["retry-after-ms"] = str(step["retry_after_ms"])
         message = str(step.get("message") or f"fake upstream error {status}")
+        openai_type, anthropic_type = _ERR_TYPES.get(status, ("server_error", "api_error"))
         if anthropic:
-            kind = _ANTHROPIC_ERR.get(status, "api_error")
-            body: JSON = {"type": "error", "error": {"type": kind, "message": message}}
+            body: JSON = {"type": "error", "error": {"type": anthropic_type, "message": message}}
         else:
-            kind = _OPENAI_ERR.get(status, "server_error")
-            body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+            body = {"error": {"message": message, "type": openai_type, "param": None, "code": None}}
         self._done(request, status)
         return web.Response(
             status=status, body=orjson.dumps(body), content_type=_JSON_CT, headers=headers
@@ -300,6 +289,7 @@ class FakeServer:
         self, request: web.Request, anthropic: bool
     ) -> tuple[JSON, JSON, _Turn | None, web.StreamResponse | None]:
         """Read and record the request; apply a step's delay, error status or raw body."""
+        request["generation"] = self.generation
         raw = await request.read()
         try:
             body = orjson.loads(raw) if raw else {}
@@ -335,9 +325,8 @@ class FakeServer:
         elif "body" in step:
             ctype = "text/event-stream" if body.get("stream") else _JSON_CT
             self._done(request, status)
-            early = web.Response(
-                status=status, text=str(step["body"]), headers={"Content-Type": ctype}
-            )
+            headers = {"Content-Type": ctype, **(step.get("headers") or {})}
+            early = web.Response(status=status, text=str(step["body"]), headers=headers)
         elif status >= 400:
             early = self._error(request, status, step, anthropic)
         return body, step, turn, early
@@ -373,33 +362,40 @@ class FakeServer:
         resp = web.StreamResponse(headers=_SSE_HEADERS)
         await resp.prepare(request)
         self._done(request, 200)
+        with contextlib.suppress(ConnectionResetError):  # the client went away: fine
+            await self._write_events(request, resp, events, step)
+        return resp
+
+    async def _write_events(
+        self,
+        request: web.Request,
+        resp: web.StreamResponse,
+        events: list[tuple[int, bytes]],
+        step: JSON,
+    ) -> None:
         delay = float(step.get("chunk_delay_s") or 0)
         sent = 0
         for kind, data in events:
-            if kind:
-                if sent == step.get("disconnect_after_chunks"):
-                    if request.transport is not None:
-                        request.transport.abort()
-                    return resp
-                if sent == step.get("stall_after_chunks"):
-                    deadline = time.monotonic() + float(step.get("stall_s", 300))
-                    while time.monotonic() < deadline:
-                        tr = request.transport
-                        if tr is None or tr.is_closing():
-                            return resp
-                        await asyncio.sleep(0.05)
-                    return resp
-                if sent == step.get("error_after_chunks"):
-                    await resp.write(_stream_error(step, events[0][1].startswith(b"event:")))
-                    await resp.write_eof()
-                    return resp
+            if kind and sent == step.get("disconnect_after_chunks"):
+                if request.transport is not None:
+                    request.transport.abort()
+                return
+            if kind and sent == step.get("stall_after_chunks"):
+                for _ in range(int(float(step.get("stall_s", 300)) * 20)):
+                    if not _connected(request):
+                        return
+                    await asyncio.sleep(0.05)
+                return
+            if kind and sent == step.get("error_after_chunks"):
+                await resp.write(_stream_error(step, events[0][1].startswith(b"event:")))
+                await resp.write_eof()
+                return
             if kind == 1:
                 if delay:
                     await asyncio.sleep(delay)
                 sent += 1
             await resp.write(data)
         await resp.write_eof()
-        return resp
 
     # -- model endpoints
 
@@ -452,6 +448,7 @@ class FakeServer:
         self.keyed.clear()
         self.recorded.clear()
         self.stats.clear()
+        self.generation += 1
         self.max_in_flight = self.in_flight
         return web.json_response({"ok": True})
 
@@ -484,6 +481,11 @@ def _embed(text: str, dim: int) -> list[float]:
         vec[h % dim] += 1.0 if (h >> 32) & 1 else -1.0
     norm = sum(v * v for v in vec) ** 0.5 or 1.0
     return [v / norm for v in vec]
+
+
+def _connected(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is not None and not transport.is_closing()
 
 
 def _data(obj: Any) -> bytes:
@@ -726,15 +728,8 @@ def run_fake_upstream(
     *, api_key: str | None = None, max_requests: int = 1000, startup_timeout: float = 20.0
 ) -> Iterator[FakeUpstream]:
     """Start the fake upstream as a subprocess on a free loopback port; stop it on exit."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "bastion.testing.fake_upstream",
-        "--port",
-        "0",
-        "--max-requests",
-        str(max_requests),
-    ]
+    cmd = [sys.executable, "-m", "bastion.testing.fake_upstream", "--port", "0"]
+    cmd += ["--max-requests", str(max_requests)]
     if api_key is not None:
         cmd += ["--api-key", api_key]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
