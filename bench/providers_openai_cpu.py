@@ -1,8 +1,8 @@
 """CPU cost of ``OpenAICompatProvider.chat()`` / ``chat_stream()`` per call (not a test).
 
 Starts the fake upstream in its own process and measures this process's CPU time
-(user and kernel, ``os.times``) per call, sequentially and with concurrency, under uvloop.
-Also shows the part spent building the body (``ChatRequest.upstream_body`` + orjson).
+(``time.process_time``: user + kernel) per call under uvloop, next to two floors on
+the same exchange: a bare aiohttp ``session.post`` and a bare asyncio stream.
 
     .venv/bin/python bench/providers_openai_cpu.py [--calls 5000] [--concurrency 32]
 """
@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import time
+from collections.abc import Awaitable, Callable
 
+import aiohttp
 import orjson
 import uvloop
 
@@ -31,12 +32,79 @@ BODY = {
     "max_tokens": 64,
     "temperature": 0.2,
 }
+Call = Callable[[], Awaitable[object]]
 
 
-async def floor(url: str, calls: int) -> None:
+async def measure(label: str, fn: Call, calls: int, conc: int = 1, per: int = 1) -> None:
+    """Print CPU µs per call (or per ``per`` events of a call) and calls/s."""
+    for _ in range(min(300, calls)):  # warm up: pool, caches
+        await fn()
+    sem = asyncio.Semaphore(conc)
+
+    async def limited() -> None:
+        async with sem:
+            await fn()
+
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    if conc == 1:
+        for _ in range(calls):
+            await fn()
+    else:
+        await asyncio.gather(*(limited() for _ in range(calls)))
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    unit = "event" if per > 1 else "call"
+    print(
+        f"{label:<44} conc={conc:<3} {cpu / calls / per * 1e6:7.1f} us CPU/{unit}"
+        f"  {calls / wall:7.0f} calls/s"
+    )
+
+
+async def run(url: str, calls: int, concurrency: int) -> None:
+    req = ChatRequest.model_validate(BODY)
+    stream_req = ChatRequest.model_validate({**BODY, "stream": True})
+    slow = orjson.dumps({"chunks": 200, "chunk_delay_s": 0.001}).decode()
+    async with (
+        OpenAICompatProvider("bench", base_url=url, api_key="sk-bench") as p,
+        OpenAICompatProvider("slow", base_url=url, headers={"x-fake-script": slow}) as slow_p,
+        aiohttp.ClientSession() as session,
+    ):
+
+        async def chat() -> None:
+            await p.chat(req, "gpt-4o-mini", CallContext("r"))
+
+        async def stream() -> None:
+            async for _chunk in p.chat_stream(stream_req, "gpt-4o-mini", CallContext("r")):
+                pass
+
+        async def slow_stream() -> None:
+            async for _chunk in slow_p.chat_stream(stream_req, "m", CallContext("r")):
+                pass
+
+        data = orjson.dumps(req.upstream_body("gpt-4o-mini"))
+        headers = {"Authorization": "Bearer sk-bench", "Content-Type": "application/json"}
+
+        async def bare_aiohttp() -> None:
+            async with session.post(url + "/chat/completions", data=data, headers=headers) as r:
+                orjson.loads(await r.read())
+
+        for conc in (1, concurrency):
+            await measure("provider.chat()", chat, calls, conc)
+            await measure("floor: bare aiohttp post + orjson", bare_aiohttp, calls, conc)
+        await measure("floor: bare asyncio stream", await bare_stream(url, data), calls)
+        for conc in (1, concurrency):
+            await measure("provider.chat_stream() (7 events)", stream, calls, conc)
+        await measure("chat_stream(), 200 chunks 1 ms apart", slow_stream, 20, per=203)
+
+    cpu0 = time.process_time()
+    for _ in range(calls):
+        orjson.dumps(req.upstream_body("gpt-4o-mini"))
+    body_us = (time.process_time() - cpu0) / calls * 1e6
+    print(f"of which ChatRequest.upstream_body() + orjson.dumps: {body_us:.1f} us/call")
+
+
+async def bare_stream(url: str, payload: bytes) -> Call:
     """The same exchange over a bare asyncio stream: the socket + event-loop floor."""
     host, port = url.split("//")[1].split("/")[0].split(":")
-    payload = orjson.dumps({**BODY, "model": "gpt-4o-mini"})
     head = (
         f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
@@ -50,59 +118,7 @@ async def floor(url: str, calls: int) -> None:
         length = int(headers.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
         orjson.loads(await reader.readexactly(length))
 
-    for _ in range(300):
-        await once()
-    t0 = os.times()
-    for _ in range(calls):
-        await once()
-    t1 = os.times()
-    cpu = (t1.user - t0.user + t1.system - t0.system) / calls * 1e6
-    print(f"floor (bare asyncio stream, same exchange), concurrency=1: {cpu:6.1f} us CPU/call")
-    writer.close()
-
-
-async def run(url: str, calls: int, concurrency: int) -> None:
-    req = ChatRequest.model_validate(BODY)
-    stream_req = ChatRequest.model_validate({**BODY, "stream": True})
-    async with OpenAICompatProvider("bench", base_url=url, api_key="sk-bench") as p:
-
-        async def one(_: int) -> None:
-            await p.chat(req, "gpt-4o-mini", CallContext(request_id="r"))
-
-        async def one_stream(_: int) -> None:
-            async for _chunk in p.chat_stream(stream_req, "gpt-4o-mini", CallContext("r")):
-                pass
-
-        for fn in (one, one_stream):
-            for i in range(300):  # warm up: pool, caches
-                await fn(i)
-            for conc in (1, concurrency):
-                t0, wall0 = os.times(), time.perf_counter()
-                if conc == 1:
-                    for i in range(calls):
-                        await fn(i)
-                else:
-                    sem = asyncio.Semaphore(conc)
-
-                    async def limited(i: int, fn=fn, sem=sem) -> None:
-                        async with sem:
-                            await fn(i)
-
-                    await asyncio.gather(*(limited(i) for i in range(calls)))
-                t1, wall = os.times(), time.perf_counter() - wall0
-                user = (t1.user - t0.user) / calls * 1e6
-                system = (t1.system - t0.system) / calls * 1e6
-                print(
-                    f"{fn.__name__:<11} concurrency={conc:<3} calls={calls}: CPU/call "
-                    f"{user + system:6.1f} us (user {user:6.1f}, kernel {system:6.1f}), "
-                    f"{calls / wall:6.0f} calls/s"
-                )
-
-    cpu0 = time.process_time()
-    for _ in range(calls):
-        orjson.dumps(req.upstream_body("gpt-4o-mini"))
-    body_us = (time.process_time() - cpu0) / calls * 1e6
-    print(f"of which upstream_body() + orjson.dumps: {body_us:.1f} us/call")
+    return once
 
 
 def main() -> None:
@@ -112,7 +128,6 @@ def main() -> None:
     args = ap.parse_args()
     with run_fake_upstream() as fake:
         uvloop.run(run(fake.url, args.calls, args.concurrency))
-        uvloop.run(floor(fake.url, args.calls))
 
 
 if __name__ == "__main__":

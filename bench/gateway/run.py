@@ -308,6 +308,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=10.0, help="seconds per measured run")
     p.add_argument("--warmup", type=float, default=3.0, help="warm-up seconds per target")
     p.add_argument("--repeat", type=int, default=1, help="runs per point; medians reported")
+    p.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=60.0,
+        help="before each run wait up to this many s for both cores to be <= --quiet-pct "
+        "busy (0: don't wait)",
+    )
+    p.add_argument("--quiet-pct", type=float, default=15.0)
     p.add_argument("--connections", default="1,32", help="comma list (wrk -c), -t1 always")
     p.add_argument(
         "--targets",
@@ -369,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
             a.client_core,
             a.key,
             repeat=a.repeat,
+            quiet_timeout_s=a.quiet_wait,
+            quiet_pct=a.quiet_pct,
             gateway_core=a.gateway_core,
         )
         h.log(f"nginx upstream on 127.0.0.1:{up_port} (core {a.client_core}, with wrk)")

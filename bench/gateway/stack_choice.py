@@ -157,6 +157,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=10.0, help="seconds per measured run")
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--repeat", type=int, default=1, help="runs per point; medians reported")
+    p.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=60.0,
+        help="before each run wait up to this many s for both cores to be <= --quiet-pct "
+        "busy (0: don't wait)",
+    )
+    p.add_argument("--quiet-pct", type=float, default=15.0)
     p.add_argument("--connections", default="32,1", help="comma list; max and min are tabled")
     p.add_argument("--servers", default=",".join(SERVERS))
     p.add_argument("--clients", default=",".join(CLIENTS))
@@ -185,7 +193,14 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     ts = time.strftime("%Y%m%d-%H%M%S")
     bp = h.BenchParams(
-        conns, a.duration, a.warmup, a.client_core, repeat=a.repeat, gateway_core=a.gateway_core
+        conns,
+        a.duration,
+        a.warmup,
+        a.client_core,
+        repeat=a.repeat,
+        quiet_timeout_s=a.quiet_wait,
+        quiet_pct=a.quiet_pct,
+        gateway_core=a.gateway_core,
     )
     workdir = h.make_tempdir("bastion-stack-")
     results: dict[str, Any] = {}

@@ -10,7 +10,7 @@ import anthropic
 import openai
 import pytest
 
-from bastion.testing.fake_upstream import FakeUpstream, run_fake_upstream
+from bastion.testing.fake_upstream import FakeUpstream
 
 WEATHER_TOOL: Any = {
     "type": "function",
@@ -24,12 +24,6 @@ ANTHROPIC_TOOL: Any = {
     "description": "Weather for a city",
     "input_schema": {"type": "object", "properties": {"location": {"type": "string"}}},
 }
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeUpstream]:
-    with run_fake_upstream() as upstream:
-        yield upstream
 
 
 @pytest.fixture

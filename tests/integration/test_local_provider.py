@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from bastion.core.errors import InvalidRequest, Overloaded, RequestTooLarge
+from bastion.core.errors import InvalidRequest, Overloaded, RequestTooLarge, UpstreamTimeout
 from bastion.core.types import ChatRequest, EmbeddingRequest
-from bastion.providers.base import CallContext, Provider
+from bastion.providers.base import CallContext, Provider, Timeouts
 from bastion.providers.local import LocalProvider
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
@@ -191,15 +191,9 @@ async def test_closing_stream_early_stops_generation_and_frees_slot(
 
 async def test_cancelled_chat_stops_generation(provider: LocalProvider) -> None:
     before = provider.stats()["cancelled"]
-    task = asyncio.create_task(
-        provider.chat(chat_request("Write a long essay.", max_tokens=400), "smol", CallContext("x"))
-    )
-    while provider.stats()["running"] == 0:
-        await asyncio.sleep(0.005)
-    await asyncio.sleep(0.05)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    essay = chat_request("Write a long essay about the history of Rome.", max_tokens=1000)
+    with pytest.raises(TimeoutError):  # wait_for cancels the call, like a client disconnect
+        await asyncio.wait_for(provider.chat(essay, "smol", CallContext("x")), timeout=0.3)
     body = await provider.chat(chat_request("Hi"), "smol", CallContext(request_id="after2"))
     assert body["usage"]["completion_tokens"] >= 1
     assert provider.stats()["cancelled"] == before + 1
@@ -258,3 +252,14 @@ async def test_embedding_dimensions(provider: LocalProvider) -> None:
         await provider.embed(EmbeddingRequest(model="m", input=[1, 2, 3]), "m", ctx)
     with pytest.raises(InvalidRequest):
         await provider.embed(EmbeddingRequest(model="m", input=[]), "m", ctx)
+
+
+async def test_timeout_stops_generation(provider: LocalProvider) -> None:
+    before = provider.stats()["cancelled"]
+    ctx = CallContext(request_id="slow", timeouts=Timeouts(total=0.2, first_byte=0.2))
+    with pytest.raises(UpstreamTimeout):
+        await provider.chat(chat_request("Write a long essay.", max_tokens=1000), "smol", ctx)
+    body = await provider.chat(chat_request("Hi"), "smol", CallContext(request_id="after3"))
+    assert body["choices"][0]["message"]["content"]
+    assert provider.stats()["cancelled"] == before + 1
+    assert ctx.upstream_s > 0

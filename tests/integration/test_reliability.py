@@ -102,6 +102,15 @@ def _auth(server: BastionServer) -> dict[str, str]:
     return {"authorization": f"Bearer {server.admin_key}"}
 
 
+def _metric_reaches(server: BastionServer, name: str, value: float, **labels: str) -> float:
+    """The metric once it reached ``value`` (a streamed request is recorded after its
+    last byte, so a moment after the client saw the end); gives up after 5 s."""
+    deadline = time.monotonic() + 5
+    while (now := server.metric(name, **labels)) < value and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return now
+
+
 def _sse_data_lines(resp: httpx.Response) -> list[str]:
     return [line[len("data: ") :] for line in resp.iter_lines() if line.startswith("data: ")]
 
@@ -126,8 +135,7 @@ def test_500_then_success_is_retried_once(
     assert [r["body"]["model"] for r in sent] == ["gpt-4o-mini", "gpt-4o-mini"]
     assert fake.stats()["by_path"]["/v1/chat/completions"] == {"500": 1, "200": 1}
     assert (
-        server.metric("bastion_upstream_retries_total", deployment="up/gpt-4o-mini")
-        == retries + 1
+        server.metric("bastion_upstream_retries_total", deployment="up/gpt-4o-mini") == retries + 1
     )
     assert (
         server.metric(
@@ -153,8 +161,7 @@ def test_429_retry_after_is_honoured(
     assert len(sent) == 2
     assert sent[1]["time"] - sent[0]["time"] >= 0.9
     assert (
-        server.metric("bastion_upstream_retries_total", deployment="up/gpt-4o-mini")
-        == retries + 1
+        server.metric("bastion_upstream_retries_total", deployment="up/gpt-4o-mini") == retries + 1
     )
 
 
@@ -208,18 +215,21 @@ def test_unreachable_primary_falls_back(
     )
 
 
-def test_stream_dying_before_its_first_chunk_falls_back(
-    client: openai.OpenAI, fake: FakeUpstream, server: BastionServer
+@pytest.mark.parametrize("kind", ["500", "timeout"])
+def test_stream_failing_before_its_first_chunk_falls_back(
+    kind: str, client: openai.OpenAI, fake: FakeUpstream, server: BastionServer
 ) -> None:
+    marker = f"stream-fallback-{kind}"
+    step = {"status": 500} if kind == "500" else {"delay_s": 1.5}  # first_byte_s is 1
     fallbacks = server.metric("bastion_fallbacks_total", model="failover")
-    fake.script([{"status": 500}, {"status": 500}], match="stream-fallback")
+    fake.script([step, step], match=marker)
     raw = client.chat.completions.with_raw_response.create(
-        model="failover", messages=_msg("stream-fallback go"), stream=True
+        model="failover", messages=_msg(f"{marker} go"), stream=True
     )
     assert raw.headers["x-bastion-deployment"] == "up2/secondary"
     text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
-    assert text == "echo: stream-fallback go"
-    sent = _sent(fake, "stream-fallback")
+    assert text == f"echo: {marker} go"
+    sent = _sent(fake, marker)
     assert [r["body"]["model"] for r in sent] == ["primary", "primary", "secondary"]
     assert all(r["body"]["stream"] for r in sent)
     assert server.metric("bastion_fallbacks_total", model="failover") == fallbacks + 1
@@ -302,6 +312,7 @@ def test_all_routes_failing_reports_the_last_failure(
 def test_mid_stream_disconnect_raises_in_the_sdk(
     client: openai.OpenAI, fake: FakeUpstream, server: BastionServer
 ) -> None:
+    lost = server.metric("bastion_errors_total", endpoint="chat", code="upstream_unavailable")
     fake.script(
         [{"disconnect_after_chunks": 2, "chunks": 6}],
         match="cut-mid-stream",
@@ -319,11 +330,16 @@ def test_mid_stream_disconnect_raises_in_the_sdk(
     assert "".join(received) != "echo: cut-mid-stream please"
     # committed after the first chunk: no retry, no fallback
     assert len(_sent(fake, "cut-mid-stream")) == 1
+    unavailable = _metric_reaches(
+        server, "bastion_errors_total", lost + 1, endpoint="chat", code="upstream_unavailable"
+    )
+    assert unavailable == lost + 1
 
 
 def test_stalled_stream_ends_with_an_sse_timeout_error(
     server: BastionServer, fake: FakeUpstream
 ) -> None:
+    timeouts = server.metric("bastion_errors_total", endpoint="chat", code="upstream_timeout")
     fake.script([{"stall_after_chunks": 2, "chunks": 6}], match="stall-mid-stream")
     t0 = time.monotonic()
     with httpx.stream(
@@ -343,6 +359,10 @@ def test_stalled_stream_ends_with_an_sse_timeout_error(
     last = json.loads(lines[-1])
     assert last["error"]["code"] == "upstream_timeout"
     assert set(last["error"]) == {"message", "type", "code", "param"}
+    timed_out = _metric_reaches(
+        server, "bastion_errors_total", timeouts + 1, endpoint="chat", code="upstream_timeout"
+    )
+    assert timed_out == timeouts + 1
 
 
 def test_client_disconnect_closes_the_upstream_stream(
@@ -359,31 +379,28 @@ def test_client_disconnect_closes_the_upstream_stream(
     assert in_flight_settles(0, 5)  # leftovers of earlier tests are gone
     gone = server.metric("bastion_requests_total", endpoint="chat", status="499")
     fake.script([{"chunk_delay_s": 0.2, "chunks": 50}], match="client-leaves")
-    with httpx.Client(timeout=10) as http:
-        with http.stream(
-            "POST",
-            server.url + "/chat/completions",
-            json={"model": "gpt", "messages": _msg("client-leaves early"), "stream": True},
-            headers=_auth(server),
-        ) as r:
-            assert r.status_code == 200
-            got = []
-            for line in r.iter_lines():
-                if line.startswith("data: "):
-                    got.append(json.loads(line[6:]))
-                if len(got) == 2:
-                    break
-            assert fake.stats()["in_flight"] == 1
-        # leaving the block closes the response and the connection
+    with httpx.stream(
+        "POST",
+        server.url + "/chat/completions",
+        json={"model": "gpt", "messages": _msg("client-leaves early"), "stream": True},
+        headers=_auth(server),
+        timeout=10,
+    ) as r:
+        assert r.status_code == 200
+        got = []
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                got.append(json.loads(line[6:]))
+            if len(got) == 2:
+                break
+        assert fake.stats()["in_flight"] == 1
+    # leaving the block closed the response and its connection
     assert in_flight_settles(0, 5)
     assert fake.stats()["by_path"]["/v1/chat/completions"] == {"200": 1}
-    deadline = time.monotonic() + 5
-    while (
-        server.metric("bastion_requests_total", endpoint="chat", status="499") < gone + 1
-        and time.monotonic() < deadline
-    ):
-        time.sleep(0.05)
-    assert server.metric("bastion_requests_total", endpoint="chat", status="499") == gone + 1
+    closed = _metric_reaches(
+        server, "bastion_requests_total", gone + 1, endpoint="chat", status="499"
+    )
+    assert closed == gone + 1
 
 
 # ------------------------------------------------------------------ circuit breaker
@@ -457,9 +474,7 @@ def test_failed_probe_reopens_the_breaker(
     time.sleep(1.1)
     # the probe fails: no retry on a half-open breaker, the fallback answers
     fake.script([{"status": 503}], match="reopen-b")
-    raw = client.chat.completions.with_raw_response.create(
-        model="brk", messages=_msg("reopen-b q")
-    )
+    raw = client.chat.completions.with_raw_response.create(model="brk", messages=_msg("reopen-b q"))
     assert raw.headers["x-bastion-deployment"] == "up2/backup"
     assert _models_sent(fake, "reopen-b") == ["flaky", "backup"]
     assert srv.metric("bastion_breaker_state", deployment="up/flaky") == 1

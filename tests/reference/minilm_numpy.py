@@ -70,18 +70,21 @@ def _erf(x: NDArray[np.float64]) -> NDArray[np.float64]:
 
 def _gelu(x: F32) -> F32:
     x64 = x.astype(np.float64)
-    return (0.5 * x64 * (1.0 + _erf(x64 / np.sqrt(2.0)))).astype(np.float32)
+    out: F32 = (0.5 * x64 * (1.0 + _erf(x64 / np.sqrt(2.0)))).astype(np.float32)
+    return out
 
 
 def _layer_norm(x: F32, weight: F32, bias: F32, eps: float) -> F32:
     mean = x.mean(axis=-1, keepdims=True)
     var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
-    return ((x - mean) / np.sqrt(var + eps) * weight + bias).astype(np.float32)
+    out: F32 = ((x - mean) / np.sqrt(var + eps) * weight + bias).astype(np.float32)
+    return out
 
 
 def _softmax(x: F32) -> F32:
     e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+    out: F32 = (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+    return out
 
 
 class MiniLMReference:
@@ -158,4 +161,5 @@ class MiniLMReference:
         hidden = self.hidden_states(ids, mask)
         m = mask[:, :, None].astype(np.float32)
         pooled = (hidden * m).sum(axis=1) / m.sum(axis=1)
-        return (pooled / np.linalg.norm(pooled, axis=1, keepdims=True)).astype(np.float32)
+        out: F32 = (pooled / np.linalg.norm(pooled, axis=1, keepdims=True)).astype(np.float32)
+        return out

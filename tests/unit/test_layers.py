@@ -52,7 +52,7 @@ def violations() -> list[str]:
         mine = rel.parts[0]
         for mod in imports(path):
             other = layer(mod)
-            if other == mine or mine in ROOTS and other not in {"cli"}:
+            if other == mine or (mine in ROOTS and other not in {"cli"}):
                 continue
             if other in {"api", "cli", "web"}:
                 bad.append(f"{rel}: imports {mod} (nothing imports api/cli/web)")
