@@ -10,7 +10,7 @@ import anthropic
 import openai
 import pytest
 
-from bastion.testing.fake_upstream import FakeUpstream
+from bastion.testing.fake_upstream import FakeUpstream, run_fake_upstream
 
 WEATHER_TOOL: Any = {
     "type": "function",
@@ -237,3 +237,17 @@ def test_anthropic_errors(fake: FakeUpstream, claude: anthropic.Anthropic) -> No
     with pytest.raises(anthropic.APIStatusError) as over:
         claude.messages.create(model="m", max_tokens=10, messages=user("claude errs"))
     assert over.value.status_code == 529
+
+
+def test_required_api_key_and_truncation() -> None:
+    with run_fake_upstream(api_key="sk-right") as strict:
+        bad = openai.OpenAI(base_url=strict.url, api_key="sk-wrong", max_retries=0)
+        with bad, pytest.raises(openai.AuthenticationError):
+            bad.chat.completions.create(model="m", messages=user("hello"))
+        with openai.OpenAI(base_url=strict.url, api_key="sk-right", max_retries=0) as good:
+            reply = good.chat.completions.create(
+                model="m", messages=user("one two three four five"), max_tokens=3
+            )
+        assert reply.choices[0].message.content == "echo: one two"
+        assert reply.choices[0].finish_reason == "length"
+        assert strict.stats()["by_path"]["/v1/chat/completions"] == {"401": 1, "200": 1}

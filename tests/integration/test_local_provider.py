@@ -18,7 +18,7 @@ import pytest_asyncio
 from bastion.core.errors import InvalidRequest, Overloaded, RequestTooLarge, UpstreamTimeout
 from bastion.core.types import ChatRequest, EmbeddingRequest
 from bastion.providers.base import CallContext, Provider, Timeouts
-from bastion.providers.local import LocalProvider
+from bastion.providers.local import Gate, LocalProvider
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -263,3 +263,22 @@ async def test_timeout_stops_generation(provider: LocalProvider) -> None:
     assert body["choices"][0]["message"]["content"]
     assert provider.stats()["cancelled"] == before + 1
     assert ctx.upstream_s > 0
+
+
+async def test_gate_passes_slots_on_when_waiters_leave() -> None:
+    gate = Gate(1, 2, "full")
+    await gate.acquire()
+    first = asyncio.create_task(gate.acquire())
+    second = asyncio.create_task(gate.acquire())
+    await asyncio.sleep(0)
+    assert gate.waiting == 2
+    with pytest.raises(Overloaded):
+        await gate.acquire()
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    gate.release()  # goes to the second waiter, not to the cancelled first
+    await second
+    assert gate.running == 1 and gate.waiting == 0
+    gate.release()
+    assert gate.running == 0

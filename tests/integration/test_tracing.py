@@ -64,8 +64,14 @@ def test_chat_spans_follow_genai_conventions(traced: tuple[str, Any]) -> None:
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
     client.embeddings.create(model="emb", input="x")
-    tracing.flush()
-    spans = {s.name: s for s in exporter.get_finished_spans()}
+    # spans are recorded just after the response is sent: wait for the last one
+    deadline = time.monotonic() + 5
+    while True:
+        tracing.flush()
+        spans = {s.name: s for s in exporter.get_finished_spans()}
+        if "embeddings emb" in spans or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
     chat = spans["chat gpt"]
     a = chat.attributes
     assert chat.kind.name == "CLIENT"

@@ -356,6 +356,14 @@ async def test_error_event_in_stream(provider: OpenAICompatProvider, fake: FakeU
     assert "overloaded mid-way" in info.value.message
 
 
+async def test_vllm_style_error_event(provider: OpenAICompatProvider, fake: FakeUpstream) -> None:
+    event = {"object": "error", "message": "context too long", "type": "BadRequestError"}
+    fake.script({"body": "data: " + orjson.dumps(event).decode() + "\n\n"}, match="vllm err")
+    with pytest.raises(UpstreamError) as info:
+        await collect(provider, chat("vllm err", stream=True), ctx())
+    assert "context too long" in info.value.message
+
+
 async def test_connection_reused_after_stream(
     provider: OpenAICompatProvider, fake: FakeUpstream
 ) -> None:

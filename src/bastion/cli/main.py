@@ -9,6 +9,7 @@ applies schema migrations, an explicit step.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -100,7 +101,7 @@ def serve(
     import uvicorn
 
     from bastion.api.server import build_app
-    from bastion.telemetry.logging import configure
+    from bastion.telemetry.logging import configure, event
 
     settings = Settings.from_env(policy, data_dir)
 
@@ -120,9 +121,13 @@ def serve(
         print(f"error: {exc.message}", file=sys.stderr)
         raise typer.Exit(2) from None
     configure(built.app.gateway.rt.policy.telemetry.log_level)
-    mode = f"policy {settings.policy_path}" if settings.policy_path else "embedded defaults"
-    err.print(
-        f"Bastion {__version__} on http://{host}:{port} ({mode}; data in {settings.data_dir})"
+    event(
+        logging.getLogger("bastion"),
+        "starting",
+        version=__version__,
+        url=f"http://{host}:{port}",
+        policy=str(settings.policy_path) if settings.policy_path else "embedded defaults",
+        data_dir=str(settings.data_dir),
     )
     uvicorn.run(
         built.app,

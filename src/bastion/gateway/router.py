@@ -188,7 +188,7 @@ class Router:
                     result = await fn(dep, owner.timeouts)
                 except UpstreamClientError as exc:
                     dep.breaker.release()
-                    exc.deployment = exc.deployment or dep.id
+                    exc.deployment = dep.id
                     if obs is not None:
                         obs.attempt(dep.id, exc.code, loop.time() - t0)
                     raise
@@ -225,7 +225,7 @@ class Router:
     ) -> float | None:
         """Record a failed attempt. Returns the retry wait (-1: use backoff) or None: move on."""
         if isinstance(exc, UpstreamFailure):
-            exc.deployment = exc.deployment or dep.id
+            exc.deployment = dep.id
             dep.breaker.record(False)
         else:
             dep.breaker.release()  # a full local queue says nothing about health
@@ -258,32 +258,36 @@ class Router:
 
         async def first_chunk(
             dep: Deployment, timeouts: Timeouts
-        ) -> tuple[AsyncIterator[JSON], JSON]:
+        ) -> tuple[AsyncIterator[JSON], list[JSON]]:
+            # Chunks that only announce the role carry nothing yet: keep reading
+            # (and keep the right to fail over) until one carries content.
             it = open_stream(dep, timeouts)
+            held: list[JSON] = []
             try:
-                first = await anext(it)
-            except StopAsyncIteration:
-                return it, {}
+                async for chunk in it:
+                    held.append(chunk)
+                    if _substantive(chunk):
+                        break
             except BaseException:
                 await _aclose(it)
                 raise
-            return it, first
+            return it, held
 
         # call() records success once the first chunk arrived; a failure after
         # that is recorded again when the stream dies.
-        dep, (it, first) = await self.call(plan, first_chunk, ctx)
-        return dep, self._committed(dep, it, first)
+        dep, (it, held) = await self.call(plan, first_chunk, ctx)
+        return dep, self._committed(dep, it, held)
 
     async def _committed(
-        self, dep: Deployment, it: AsyncIterator[JSON], first: JSON
+        self, dep: Deployment, it: AsyncIterator[JSON], held: list[JSON]
     ) -> AsyncIterator[JSON]:
         try:
-            if first:
-                yield first
+            for chunk in held:
+                yield chunk
             async for chunk in it:
                 yield chunk
         except UpstreamFailure as exc:
-            exc.deployment = exc.deployment or dep.id
+            exc.deployment = dep.id
             exc.retryable = False
             dep.breaker.record(False)
             if self.observer is not None:
@@ -291,6 +295,17 @@ class Router:
             raise
         finally:
             await _aclose(it)
+
+
+def _substantive(chunk: JSON) -> bool:
+    """Does a chunk carry output (text, a tool call, a finish reason or usage)?"""
+    if chunk.get("usage"):
+        return True
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta") or {}
+        if delta.get("content") or delta.get("tool_calls") or choice.get("finish_reason"):
+            return True
+    return False
 
 
 async def _aclose(it: AsyncIterator[JSON]) -> None:

@@ -354,8 +354,12 @@ class LocalProvider:
                 run.cancel.set()
 
         def done(f: Future[Any]) -> None:
-            exc = f.exception()
-            push(("error", exc) if exc is not None else ("end", None))
+            if f.cancelled():  # never started: the provider is shutting down
+                push(("error", UpstreamConnectError("local provider is closed")))
+            elif (exc := f.exception()) is not None:
+                push(("error", exc))
+            else:
+                push(("end", None))
 
         waited_from = ctx.clock()
         try:

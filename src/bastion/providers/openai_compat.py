@@ -98,7 +98,7 @@ class OpenAICompatProvider:
                     return
                 chunk = loads_object(data, "stream event")
                 choices = chunk.get("choices")
-                if "error" in chunk and not choices:
+                if not choices and ("error" in chunk or chunk.get("object") == "error"):
                     raise UpstreamError(self._error_text(chunk))
                 if choices and choices[0].get("finish_reason"):
                     finished = True
