@@ -235,6 +235,21 @@ def test_stream_failing_before_its_first_chunk_falls_back(
     assert server.metric("bastion_fallbacks_total", model="failover") == fallbacks + 1
 
 
+def test_stream_dying_after_only_the_role_chunk_still_falls_back(
+    client: openai.OpenAI, fake: FakeUpstream
+) -> None:
+    # the role-only preamble carries no output, so the deployment is not committed yet
+    marker = "role-then-cut"
+    fake.script([{"disconnect_after_chunks": 0}, {"disconnect_after_chunks": 0}], match=marker)
+    raw = client.chat.completions.with_raw_response.create(
+        model="failover", messages=_msg(f"{marker} go"), stream=True
+    )
+    assert raw.headers["x-bastion-deployment"] == "up2/secondary"
+    text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+    assert text == f"echo: {marker} go"
+    assert [r["body"]["model"] for r in _sent(fake, marker)] == ["primary", "primary", "secondary"]
+
+
 # ------------------------------------------------------------------ no retry, no fallback
 
 _CLIENT_ERRORS = {
