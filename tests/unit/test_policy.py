@@ -151,3 +151,32 @@ def test_bastion_check_cli(tmp_path: Path) -> None:
     )
     missing = run_check(tmp_path / "nope.yaml")
     assert missing.returncode == 1 and "cannot read file" in missing.stdout
+
+
+def test_route_without_model_needs_a_default() -> None:
+    text = """\
+providers:
+  openai: {type: openai}
+  local: {type: local}
+models:
+  a: {routes: [{provider: openai}], fallbacks: [openai]}
+  b: {routes: [{provider: local}]}
+"""
+    assert problems(text) == [
+        (5, "models.a.routes.0: give a model: provider 'openai' has no default_model"),
+        (5, "models.a.fallbacks.0: provider 'openai' has no default_model to fall back to"),
+    ]
+
+
+def test_key_models_accept_globs() -> None:
+    policy = parse_policy(GOOD.replace("models: [chat-default]", 'models: ["chat-*", "emb?d"]'))
+    assert policy.keys["ci"].models == ["chat-*", "emb?d"]
+
+
+def test_bastion_check_reports_unknown_types_and_warns_on_unset_secrets(tmp_path: Path) -> None:
+    f = tmp_path / "types.yaml"
+    f.write_text(GOOD.replace('vllm: {type: openai,', "vllm: {type: nosuch,"))
+    result = run_check(f)
+    assert result.returncode == 1
+    assert "providers.vllm.type: unknown provider type 'nosuch'" in result.stdout
+    assert "warning: env:OPENAI_API_KEY is not set" in result.stderr
