@@ -37,7 +37,7 @@ RESULTS_DIR = REPO / "bench" / "results"
 DEFAULT_BASTION = REPO / ".venv" / "bin" / "bastion"
 DEFAULT_LITELLM = REPO / "bench" / ".venv-litellm" / "bin" / "litellm"
 UPSTREAM_KEY = "sk-upstream-bench"
-ALL_TARGETS = ("bastion", "litellm", "nginx-proxy")
+ALL_TARGETS = ("bastion", "litellm", "nginx-proxy", "minimal")
 
 
 class SkipTarget(Exception):
@@ -198,10 +198,43 @@ def start_bastion(ctx: Ctx) -> Started:
     return Started(proc, base, {"version": version, "git": git_rev(), "policy": policy.read_text()})
 
 
+def start_minimal(ctx: Ctx) -> Started:
+    """stack_app.py (raw ASGI, uvicorn+uvloop+httptools, aiohttp): the Python floor."""
+    try:
+        import aiohttp  # noqa: F401
+        import orjson  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        raise SkipTarget(f"run with the project venv (.venv/bin/python): {e}") from None
+    wd = ctx.workdir / "minimal"
+    wd.mkdir()
+    port = h.free_port()
+    env = dict(
+        os.environ,
+        STACK_UPSTREAM=ctx.upstream_v1,
+        STACK_CLIENT="aiohttp",
+        STACK_KEY=ctx.args.key,
+        PYTHONPATH=str(h.HERE),
+    )
+    argv = [sys.executable, str(h.HERE / "stack_app.py"), "raw", str(port)]
+    proc = h.Proc(
+        "minimal",
+        h.pinned(ctx.args.gateway_core, argv),
+        env=env,
+        cwd=wd,
+        log_path=wd / "minimal.log",
+    )
+    ctx.procs.append(proc)
+    base = f"http://127.0.0.1:{port}"
+    h.wait_http(f"{base}/healthz", proc, timeout=60)
+    return Started(proc, base, {"version": "stack_app.py raw ASGI + uvicorn + aiohttp"})
+
+
 STARTERS: dict[str, Callable[[Ctx], Started]] = {
     "bastion": start_bastion,
     "litellm": start_litellm,
     "nginx-proxy": start_nginx_proxy,
+    "minimal": start_minimal,
 }
 
 

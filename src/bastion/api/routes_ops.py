@@ -41,7 +41,8 @@ async def metrics(app: BastionApp, ex: Exchange) -> None:
     payload = await asyncio.to_thread(app.metrics.render)
     ex.status = 200
     ex.started = True
-    await send_bytes(ex.send, 200, payload, app.metrics.content_type.encode(), [])
+    headers = [(b"x-request-id", ex.rid.encode())]
+    await send_bytes(ex.send, 200, payload, app.metrics.content_type.encode(), headers)
 
 
 class KeyCreate(BaseModel):
