@@ -175,7 +175,7 @@ def test_key_models_accept_globs() -> None:
 
 def test_bastion_check_reports_unknown_types_and_warns_on_unset_secrets(tmp_path: Path) -> None:
     f = tmp_path / "types.yaml"
-    f.write_text(GOOD.replace('vllm: {type: openai,', "vllm: {type: nosuch,"))
+    f.write_text(GOOD.replace("vllm: {type: openai,", "vllm: {type: nosuch,"))
     result = run_check(f)
     assert result.returncode == 1
     assert "providers.vllm.type: unknown provider type 'nosuch'" in result.stdout
