@@ -7,7 +7,8 @@ answer in Anthropic's shape:
 * :func:`messages_request_to_chat` - Anthropic request body -> ``ChatRequest``
 * :func:`chat_to_message` - ``chat.completion`` -> Anthropic ``message``
 * :class:`MessagesStreamTranslator` - ``chat.completion.chunk`` stream -> Anthropic SSE
-  events (``message_start``, ``content_block_*``, ``message_delta``, ``message_stop``)
+  events (``message_start``, ``content_block_*``, ``message_delta``, ``message_stop``);
+  it lives in :mod:`.anthropic_stream` and is re-exported here
 * :func:`error_body` / :func:`error_event` - a :class:`BastionError` in Anthropic's shape
 
 The opposite direction (Anthropic as an upstream) lives in :mod:`.anthropic`.
@@ -16,24 +17,20 @@ The opposite direction (Anthropic as an upstream) lives in :mod:`.anthropic`.
 from __future__ import annotations
 
 import json
-import uuid
 from typing import Any
 
 from pydantic import ValidationError
 
 from bastion.core.errors import BastionError, InvalidRequest, Unsupported
 from bastion.core.types import JSON, ChatRequest
+from bastion.providers.anthropic_stream import STOP_REASONS, anthropic_usage, new_tool_use_id
 
-Event = tuple[str, JSON]
-"""One Anthropic SSE event: ``(event name, data object)``."""
-
-_STOP_REASONS = {
-    "stop": "end_turn",
-    "length": "max_tokens",
-    "tool_calls": "tool_use",
-    "function_call": "tool_use",
-    "content_filter": "refusal",
-}
+# Re-exported: the stream translator and its shared names used to live here.
+from bastion.providers.anthropic_stream import Event as Event
+from bastion.providers.anthropic_stream import (
+    MessagesStreamTranslator as MessagesStreamTranslator,
+)
+from bastion.providers.anthropic_stream import new_message_id as new_message_id
 
 _ERROR_TYPES = {
     400: "invalid_request_error",
@@ -48,15 +45,6 @@ _ERROR_TYPES = {
 _IGNORED_BLOCKS = frozenset({"thinking", "redacted_thinking"})
 
 _TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}
-
-
-def new_message_id() -> str:
-    """A fresh Anthropic-style message id (``msg_...``)."""
-    return f"msg_{uuid.uuid4().hex[:24]}"
-
-
-def _tool_use_id() -> str:
-    return f"toolu_{uuid.uuid4().hex[:24]}"
 
 
 # --------------------------------------------------------------------------- request
@@ -179,7 +167,7 @@ def _assistant_message(content: list[Any], param: str) -> JSON:
             name, args = _string(block, "name", bparam), block.get("input", {})
             if not isinstance(args, dict):
                 raise _bad(f"{bparam}.input", "must be an object")
-            call_id = block.get("id") if isinstance(block.get("id"), str) else _tool_use_id()
+            call_id = block.get("id") if isinstance(block.get("id"), str) else new_tool_use_id()
             function = {"name": name, "arguments": json.dumps(args)}
             calls.append({"id": call_id, "type": "function", "function": function})
         elif kind not in _IGNORED_BLOCKS:
@@ -326,20 +314,6 @@ def _parse_arguments(raw: Any) -> JSON:
     return value if isinstance(value, dict) else {"_raw_arguments": raw}
 
 
-def _anthropic_usage(usage: Any) -> JSON:
-    usage = usage if isinstance(usage, dict) else {}
-    prompt = int(usage.get("prompt_tokens") or 0)
-    details = usage.get("prompt_tokens_details") or {}
-    cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
-    out: JSON = {
-        "input_tokens": max(prompt - cached, 0),
-        "output_tokens": int(usage.get("completion_tokens") or 0),
-    }
-    if cached:
-        out["cache_read_input_tokens"] = cached
-    return out
-
-
 def _message_id(completion_id: Any) -> str:
     if isinstance(completion_id, str) and completion_id:
         if completion_id.startswith("msg_"):
@@ -366,13 +340,13 @@ def chat_to_message(completion: JSON, model: str) -> JSON:
         blocks.append(
             {
                 "type": "tool_use",
-                "id": call.get("id") or _tool_use_id(),
+                "id": call.get("id") or new_tool_use_id(),
                 "name": function.get("name", ""),
                 "input": _parse_arguments(function.get("arguments")),
             }
         )
     finish = choice.get("finish_reason")
-    stop_reason = _STOP_REASONS.get(finish or "stop", "end_turn")
+    stop_reason = STOP_REASONS.get(finish or "stop", "end_turn")
     if stop_reason == "end_turn" and any(b["type"] == "tool_use" for b in blocks):
         stop_reason = "tool_use"
     return {
@@ -383,155 +357,8 @@ def chat_to_message(completion: JSON, model: str) -> JSON:
         "content": blocks,
         "stop_reason": stop_reason,
         "stop_sequence": None,
-        "usage": _anthropic_usage(completion.get("usage")),
+        "usage": anthropic_usage(completion.get("usage")),
     }
-
-
-# --------------------------------------------------------------------------- stream
-
-
-class MessagesStreamTranslator:
-    """Turns a ``chat.completion.chunk`` stream into Anthropic's SSE event sequence.
-
-    Feed every chunk to :meth:`feed` and send the events it returns in order, then
-    send those of :meth:`finish`. Text and each tool call get their own content
-    block; a block is closed before the next one opens, as Anthropic does.
-    """
-
-    def __init__(self, model: str, message_id: str | None = None) -> None:
-        self.model = model
-        self.message_id = message_id or new_message_id()
-        self._started = False
-        self._finished = False
-        self._index = -1  # the open block's index, -1 when none is open
-        self._open: str | None = None  # "text" or "tool:<openai index>"
-        self._blocks = 0
-        self._tool_blocks: dict[int, int] = {}  # OpenAI tool_call index -> block index
-        self._finish_reason: str | None = None
-        self._input_tokens = 0
-        self._output_tokens = 0
-        self._cached_tokens = 0
-
-    def _start(self, events: list[Event]) -> None:
-        if self._started:
-            return
-        self._started = True
-        usage = {"input_tokens": self._input_tokens, "output_tokens": 0}
-        message: JSON = {
-            "id": self.message_id,
-            "type": "message",
-            "role": "assistant",
-            "model": self.model,
-            "content": [],
-            "stop_reason": None,
-            "stop_sequence": None,
-            "usage": usage,
-        }
-        events.append(("message_start", {"type": "message_start", "message": message}))
-
-    def _close(self, events: list[Event]) -> None:
-        if self._open is not None:
-            events.append(
-                ("content_block_stop", {"type": "content_block_stop", "index": self._index})
-            )
-            self._open = None
-
-    def _open_block(self, events: list[Event], kind: str, block: JSON) -> int:
-        self._close(events)
-        self._index = self._blocks
-        self._blocks += 1
-        self._open = kind
-        events.append(
-            (
-                "content_block_start",
-                {"type": "content_block_start", "index": self._index, "content_block": block},
-            )
-        )
-        return self._index
-
-    def _delta(self, events: list[Event], index: int, delta: JSON) -> None:
-        events.append(
-            ("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
-        )
-
-    def _record_usage(self, usage: Any) -> None:
-        if not isinstance(usage, dict):
-            return
-        converted = _anthropic_usage(usage)
-        self._input_tokens = converted["input_tokens"]
-        self._output_tokens = converted["output_tokens"]
-        self._cached_tokens = converted.get("cache_read_input_tokens", 0)
-
-    def _tool_call(self, events: list[Event], call: JSON) -> None:
-        openai_index = int(call.get("index") or 0)
-        function = call.get("function") or {}
-        block = self._tool_blocks.get(openai_index)
-        if block is None:
-            content_block: JSON = {
-                "type": "tool_use",
-                "id": call.get("id") or _tool_use_id(),
-                "name": function.get("name") or "",
-                "input": {},
-            }
-            block = self._open_block(events, f"tool:{openai_index}", content_block)
-            self._tool_blocks[openai_index] = block
-        arguments = function.get("arguments")
-        if arguments:
-            # Fragments of an earlier (already closed) call keep its index; the SDKs
-            # accumulate by index, and OpenAI upstreams practically never interleave.
-            self._delta(events, block, {"type": "input_json_delta", "partial_json": arguments})
-
-    def feed(self, chunk: JSON) -> list[Event]:
-        """The Anthropic events for one ``chat.completion.chunk``."""
-        events: list[Event] = []
-        if self._finished:
-            return events
-        self._record_usage(chunk.get("usage"))
-        self._start(events)
-        for choice in chunk.get("choices") or []:
-            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
-                continue
-            delta = choice.get("delta") or {}
-            text = delta.get("content") or delta.get("refusal")
-            if isinstance(text, str) and text:
-                if self._open != "text":
-                    self._open_block(events, "text", {"type": "text", "text": ""})
-                self._delta(events, self._index, {"type": "text_delta", "text": text})
-            for call in delta.get("tool_calls") or []:
-                if isinstance(call, dict):
-                    self._tool_call(events, call)
-            if choice.get("finish_reason"):
-                self._finish_reason = choice["finish_reason"]
-        return events
-
-    def finish(self) -> list[Event]:
-        """The closing events: the open block's stop, ``message_delta``, ``message_stop``."""
-        events: list[Event] = []
-        if self._finished:
-            return events
-        self._start(events)
-        self._close(events)
-        self._finished = True
-        stop_reason = _STOP_REASONS.get(self._finish_reason or "stop", "end_turn")
-        if stop_reason == "end_turn" and self._tool_blocks:
-            stop_reason = "tool_use"
-        usage: JSON = {"output_tokens": self._output_tokens}
-        if self._input_tokens:
-            usage["input_tokens"] = self._input_tokens
-        if self._cached_tokens:
-            usage["cache_read_input_tokens"] = self._cached_tokens
-        events.append(
-            (
-                "message_delta",
-                {
-                    "type": "message_delta",
-                    "delta": {"stop_reason": stop_reason, "stop_sequence": None},
-                    "usage": usage,
-                },
-            )
-        )
-        events.append(("message_stop", {"type": "message_stop"}))
-        return events
 
 
 # --------------------------------------------------------------------------- errors

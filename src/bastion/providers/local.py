@@ -14,13 +14,10 @@ loads them ahead of time.
   beyond that the call fails at once with :class:`~bastion.core.errors.Overloaded`.
 * **Template.** The prompt is rendered with the model's own chat template from the
   GGUF metadata (``chat_format=None``) or a named llama.cpp ``chat_format``.
-* **JSON.** ``response_format`` ``json_object`` / ``json_schema`` become a llama.cpp
-  grammar, so the output parses (unless ``max_tokens`` cuts it: ``finish_reason``
-  is then ``length``).
-* **Tools.** A 135M model cannot choose tools, so ``tools`` are not shown to it and
-  it answers in text, except when ``tool_choice`` names a function (or is
-  ``required`` with one tool): the arguments are then generated under a grammar
-  built from that function's JSON schema and returned as a ``tool_calls`` message.
+* **Translation.** Requests become llama.cpp arguments, and its results OpenAI
+  ``chat.completion`` / ``chat.completion.chunk`` dicts, in
+  :mod:`bastion.providers.local_chat` (``response_format`` as a grammar, forced
+  ``tool_choice`` as a ``tool_calls`` message; see there).
 * **Usage.** Prompt and completion tokens are counted in the generation loop (the
   end-of-generation token is not counted), for streams and non-streams alike.
 * **CPU.** ``n_threads`` defaults to the free cores minus one (for the event
@@ -37,24 +34,17 @@ loads them ahead of time.
 from __future__ import annotations
 
 import asyncio
-import base64
 import importlib
-import json
 import os
 import threading
 import time
-import uuid
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-import numpy as np
-
 from bastion.core.errors import (
     BastionError,
     InvalidRequest,
-    Overloaded,
     RequestTooLarge,
     UpstreamConnectError,
     UpstreamError,
@@ -62,11 +52,22 @@ from bastion.core.errors import (
 )
 from bastion.core.types import JSON, ChatRequest, EmbeddingRequest
 from bastion.providers.base import CallContext
-from bastion.providers.local_embed import DIMENSIONS, OnnxEmbedder, available_cores
+from bastion.providers.local_chat import MAX_EMBED_INPUTS as MAX_EMBED_INPUTS
+from bastion.providers.local_chat import build_params as build_params
+from bastion.providers.local_chat import chunk_delta as chunk_delta
+from bastion.providers.local_chat import (
+    chunk_head,
+    completion_body,
+    embed_texts,
+    embeddings_body,
+    stream_choice,
+)
+from bastion.providers.local_chat import tool_calls_of as tool_calls_of
+from bastion.providers.local_embed import OnnxEmbedder, available_cores
+from bastion.providers.local_gate import Gate as Gate
 from bastion.providers.models import bundled_chat_model_path, existing_file
 
 DEFAULT_MAX_TOKENS = 256
-MAX_EMBED_INPUTS = 2048
 
 _LOAD_LOCK = threading.Lock()
 _LLAMA_CLASS: Any = None
@@ -305,26 +306,7 @@ class LocalProvider:
         finally:
             run.cancel.set()  # a no-op unless the caller left (cancelled) or timed out
             ctx.upstream_s += ctx.clock() - start
-        choice = result["choices"][0]
-        message: JSON = {"role": "assistant", "content": choice["message"].get("content")}
-        if forced_tool is not None:
-            message["content"] = None
-            message["tool_calls"] = tool_calls_of(choice["message"])
-        return {
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": message,
-                    "logprobs": None,
-                    "finish_reason": choice.get("finish_reason") or "stop",
-                }
-            ],
-            "usage": run.usage(),
-        }
+        return completion_body(result, model, forced_tool, run.usage())
 
     async def chat_stream(
         self, request: ChatRequest, model: str, ctx: CallContext
@@ -338,12 +320,7 @@ class LocalProvider:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         run = Run()
-        head: JSON = {
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
-            "object": "chat.completion.chunk",
-            "created": int(time.time()),
-            "model": model,
-        }
+        head = chunk_head(model)
         tool_ids: dict[int, str] = {}
         fut: Future[Any] | None = None
 
@@ -379,10 +356,7 @@ class LocalProvider:
                     raise item
                 if kind == "end":
                     break
-                choice = item["choices"][0]
-                delta = chunk_delta(choice.get("delta") or {}, tool_ids)
-                finish = choice.get("finish_reason")
-                yield {**head, "choices": [_choice(delta, finish)]}
+                yield {**head, "choices": [stream_choice(item, tool_ids)]}
                 waited_from = ctx.clock()
             yield {**head, "choices": [], "usage": run.usage()}
         finally:
@@ -395,13 +369,7 @@ class LocalProvider:
 
     async def embed(self, request: EmbeddingRequest, model: str, ctx: CallContext) -> JSON:
         """An OpenAI embeddings ``list`` (384 dims; ``dimensions`` truncates + renormalises)."""
-        texts = _embed_texts(request)
-        dims = request.dimensions
-        if dims is not None and dims > DIMENSIONS:
-            raise InvalidRequest(
-                f"dimensions must be at most {DIMENSIONS} for the local embedder",
-                param="dimensions",
-            )
+        texts = embed_texts(request)
         start = ctx.clock()
         try:
             vecs, counts = await asyncio.get_running_loop().run_in_executor(
@@ -409,29 +377,7 @@ class LocalProvider:
             )
         finally:
             ctx.upstream_s += ctx.clock() - start
-        if dims is not None and dims < DIMENSIONS:
-            vecs = vecs[:, :dims]
-            vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
-        as_b64 = request.encoding_format == "base64"
-        data = [
-            {
-                "object": "embedding",
-                "index": i,
-                "embedding": (
-                    base64.b64encode(v.astype("<f4").tobytes()).decode("ascii")
-                    if as_b64
-                    else [float(x) for x in v]
-                ),
-            }
-            for i, v in enumerate(vecs)
-        ]
-        n = sum(counts)
-        return {
-            "object": "list",
-            "data": data,
-            "model": model,
-            "usage": {"prompt_tokens": n, "total_tokens": n},
-        }
+        return embeddings_body(vecs, counts, request, model)
 
     async def aclose(self) -> None:
         """Stop running generations, join the worker threads and free the models."""
@@ -449,24 +395,6 @@ def _ignore(_: Any) -> None:
     return None
 
 
-def _choice(delta: JSON, finish: str | None) -> JSON:
-    return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-
-
-def _embed_texts(request: EmbeddingRequest) -> list[str]:
-    raw = request.input
-    items = [raw] if isinstance(raw, str) else list(raw)
-    if not items:
-        raise InvalidRequest("input must not be empty", param="input")
-    if not all(isinstance(x, str) for x in items):
-        raise InvalidRequest(
-            "the local embedder accepts text input only, not token arrays", param="input"
-        )
-    if len(items) > MAX_EMBED_INPUTS:
-        raise RequestTooLarge(f"at most {MAX_EMBED_INPUTS} inputs per request", param="input")
-    return [str(x) for x in items]
-
-
 class Run:
     """One generation's shared state: the cancel flag and the token counts."""
 
@@ -481,169 +409,3 @@ class Run:
     def usage(self) -> JSON:
         p, c = self.prompt_tokens, self.completion_tokens
         return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
-
-
-class Gate:
-    """At most ``limit`` holders and ``max_queue`` waiters; loop-agnostic, thread-safe release.
-
-    Beyond the queue, :meth:`acquire` raises :class:`Overloaded` at once. A slot
-    is released from the worker thread when its generation really ends.
-    """
-
-    def __init__(self, limit: int, max_queue: int, message: str) -> None:
-        self._lock = threading.Lock()
-        self._limit = limit
-        self._free = limit
-        self._max_queue = max_queue
-        self._message = message
-        self._waiters: deque[asyncio.Future[None]] = deque()
-
-    @property
-    def running(self) -> int:
-        return self._limit - self._free
-
-    @property
-    def waiting(self) -> int:
-        return len(self._waiters)
-
-    async def acquire(self) -> None:
-        with self._lock:
-            if self._free > 0 and not self._waiters:
-                self._free -= 1
-                return
-            if len(self._waiters) >= self._max_queue:
-                raise Overloaded(self._message, retry_after=1.0)
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._waiters.append(fut)
-        try:
-            await fut
-        except asyncio.CancelledError:
-            with self._lock:
-                if fut in self._waiters:
-                    self._waiters.remove(fut)
-                elif fut.done() and not fut.cancelled():
-                    self._release_locked()  # granted, but the waiter left: pass it on
-            raise
-
-    def release(self) -> None:
-        with self._lock:
-            self._release_locked()
-
-    def _release_locked(self) -> None:
-        while self._waiters:
-            fut = self._waiters.popleft()
-            try:
-                fut.get_loop().call_soon_threadsafe(self._grant, fut)
-                return
-            except RuntimeError:  # that waiter's loop is closed
-                continue
-        self._free += 1
-
-    def _grant(self, fut: asyncio.Future[None]) -> None:
-        if fut.done():  # cancelled before the grant arrived
-            self.release()
-        else:
-            fut.set_result(None)
-
-
-def _text(content: str | list[dict[str, Any]] | None) -> str:
-    if content is None or isinstance(content, str):
-        return content or ""
-    parts = []
-    for part in content:
-        if part.get("type") not in ("text", "input_text"):
-            raise InvalidRequest("the local model accepts text content only", param="messages")
-        parts.append(str(part.get("text") or ""))
-    return "".join(parts)
-
-
-def _response_format(rf: dict[str, Any] | None) -> dict[str, Any] | None:
-    kind = (rf or {}).get("type")
-    if rf is None or kind == "text":
-        return None
-    if kind == "json_object":
-        return {"type": "json_object", **({"schema": rf["schema"]} if "schema" in rf else {})}
-    if kind == "json_schema":
-        schema = (rf.get("json_schema") or {}).get("schema")
-        return {"type": "json_object", **({"schema": schema} if schema else {})}
-    raise InvalidRequest(f"unsupported response_format type {kind!r}", param="response_format")
-
-
-def _forced_tool(request: ChatRequest) -> dict[str, Any] | None:
-    """The one function ``tool_choice`` forces, if any (see the module docs)."""
-    tools, choice = request.tools or [], request.tool_choice
-    name: str | None = None
-    if isinstance(choice, dict):
-        name = (choice.get("function") or {}).get("name")
-    elif choice == "required" and len(tools) == 1:
-        name = (tools[0].get("function") or {}).get("name")
-    if name is None:
-        return None
-    for tool in tools:
-        if (tool.get("function") or {}).get("name") == name:
-            return tool
-    raise InvalidRequest(f"tool_choice names an unknown function {name!r}", param="tool_choice")
-
-
-def build_params(
-    request: ChatRequest, default_max_tokens: int, *, stream: bool
-) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """``create_chat_completion`` keyword arguments, and the forced tool (or ``None``)."""
-    messages = []
-    for m in request.messages:
-        content = _text(m.content)
-        if m.tool_calls and not content:
-            content = json.dumps([c.get("function") for c in m.tool_calls])
-        messages.append({"role": "system" if m.role == "developer" else m.role, "content": content})
-    params: dict[str, Any] = {
-        "messages": messages,
-        "max_tokens": request.output_limit() or default_max_tokens,
-        "stream": stream,
-    }
-    for key in ("temperature", "top_p", "stop", "seed"):
-        value = getattr(request, key)
-        if value is not None:
-            params[key] = value
-    fmt = _response_format(request.response_format)
-    if fmt is not None:
-        params["response_format"] = fmt
-    tool = _forced_tool(request)
-    if tool is not None:
-        params["tools"] = [tool]
-        params["tool_choice"] = {"type": "function", "function": {"name": tool["function"]["name"]}}
-    return params, tool
-
-
-def tool_calls_of(message: dict[str, Any]) -> list[JSON]:
-    """OpenAI ``tool_calls`` from llama.cpp's message (fresh ``call_`` ids)."""
-    return [
-        {
-            "id": f"call_{uuid.uuid4().hex[:24]}",
-            "type": "function",
-            "function": {
-                "name": c["function"]["name"],
-                "arguments": c["function"].get("arguments") or "",
-            },
-        }
-        for c in message.get("tool_calls") or []
-    ]
-
-
-def chunk_delta(delta: dict[str, Any], tool_ids: dict[int, str]) -> JSON:
-    """An OpenAI delta from llama.cpp's: no ``None`` fields, tool call id/name sent once."""
-    out: JSON = {k: delta[k] for k in ("role", "content") if delta.get(k) is not None}
-    calls = []
-    for c in delta.get("tool_calls") or []:
-        index = int(c.get("index") or 0)
-        args = (c.get("function") or {}).get("arguments") or ""
-        if index not in tool_ids:
-            tool_ids[index] = f"call_{uuid.uuid4().hex[:24]}"
-            fn = {"name": c["function"]["name"], "arguments": args}
-            calls.append(
-                {"index": index, "id": tool_ids[index], "type": "function", "function": fn}
-            )
-        elif args:
-            calls.append({"index": index, "function": {"arguments": args}})
-    if calls:
-        out["tool_calls"] = calls
-    return out
