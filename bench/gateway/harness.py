@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -402,6 +403,7 @@ def run_wrk(
     threads: int = 1,
     key: str = BENCH_KEY,
     measure_pid: int | None = None,
+    client_pid: int | None = None,
     timeout_s: float = 10.0,
 ) -> WrkResult:
     argv = pinned(
@@ -419,12 +421,18 @@ def run_wrk(
     )
     env = dict(os.environ, BENCH_KEY=key, BENCH_MODEL=BENCH_MODEL)
     cpu0 = tree_cpu_seconds(measure_pid) if measure_pid else None
+    up0 = tree_cpu_seconds(client_pid) if client_pid else 0.0
+    kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     ticks0 = core_ticks()
     cp = subprocess.run(
         argv, env=env, capture_output=True, text=True, timeout=duration_s + 60, check=False
     )
     ticks1 = core_ticks()
+    kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    up1 = tree_cpu_seconds(client_pid) if client_pid else 0.0
     cpu1 = tree_cpu_seconds(measure_pid) if measure_pid else None
+    # CPU of wrk itself (the only child reaped meanwhile) plus the upstream's, if given.
+    client_cpu = kids1.ru_utime + kids1.ru_stime - kids0.ru_utime - kids0.ru_stime + (up1 - up0)
     line = next((ln for ln in cp.stdout.splitlines() if ln.startswith("BENCH_RESULT ")), None)
     if cp.returncode != 0 or line is None:
         raise RuntimeError(f"wrk failed (rc {cp.returncode}):\n{cp.stdout}\n{cp.stderr}")
@@ -458,6 +466,7 @@ def run_wrk(
                 "steal_pct": round(100 * (s1 - s0) / (t1 - t0), 1),
             }
     res.extra["cores"] = cores
+    res.extra["client_cpu_s"] = round(client_cpu, 3)
     return res
 
 
@@ -484,6 +493,7 @@ class BenchParams:
     gateway_core: int | None = None
     quiet_timeout_s: float = 0.0
     quiet_pct: float = 15.0
+    upstream_pid: int | None = None
 
 
 def baseline_of(direct: dict[str, Any]) -> dict[int, tuple[int, int]]:
@@ -536,6 +546,7 @@ def bench_target(
                 core=bp.client_core,
                 key=bp.key,
                 measure_pid=pid,
+                client_pid=bp.upstream_pid,
             )
             if r.non2xx or r.socket_errors:
                 log(
@@ -545,7 +556,14 @@ def bench_target(
             sample = r.to_json()
             sample["waited_for_quiet_s"] = round(waited, 1)
             samples.append(sample)
-        d = aggregate(samples, bp.gateway_core)
+        # The direct baseline measures the upstream itself: nothing of ours on the gateway core.
+        gw_core = bp.gateway_core if pid != bp.upstream_pid else None
+        d = aggregate(samples, gw_core, bp.client_core)
+        if gw_core is None and bp.gateway_core is not None:
+            d["gateway_core_other_pct"] = max(
+                (s["cores"].get(str(bp.gateway_core), {}).get("busy_pct", 0.0) for s in samples),
+                default=None,
+            )
         if baseline and c in baseline:
             d["added_p50_us"] = d["p50_us"] - baseline[c][0]
             d["added_p99_us"] = d["p99_us"] - baseline[c][1]
@@ -561,7 +579,9 @@ def bench_target(
     return out
 
 
-def aggregate(samples: list[dict[str, Any]], gateway_core: int | None) -> dict[str, Any]:
+def aggregate(
+    samples: list[dict[str, Any]], gateway_core: int | None, client_core: int | None = None
+) -> dict[str, Any]:
     """Median of each metric over repeated runs; error counts are summed."""
     med_keys = ("rps", "p50_us", "p90_us", "p99_us", "mean_us", "cpu_us_per_req")
     d: dict[str, Any] = {"connections": samples[0]["connections"], "repeat": len(samples)}
@@ -574,15 +594,23 @@ def aggregate(samples: list[dict[str, Any]], gateway_core: int | None) -> dict[s
     for k in ("requests", "non2xx", "socket_errors"):
         d[k] = sum(int(s[k]) for s in samples)
     d["first_non2xx"] = next((s["first_non2xx"] for s in samples if s["first_non2xx"]), "")
-    if gateway_core is not None:
-        # Share of the gateway core used by processes other than the gateway (noise).
-        other = []
-        for s in samples:
-            core = s.get("cores", {}).get(str(gateway_core))
-            if core and s.get("cpu_s") is not None and s["duration_s"] > 0:
-                own = 100 * s["cpu_s"] / s["duration_s"]
-                other.append(max(0.0, core["busy_pct"] - own))
-        if other:
-            d["gateway_core_other_pct"] = round(max(other), 1)
+    # Share of each core used by processes other than ours (noise from the rest of the box).
+    # Gateway core: busy minus the gateway's CPU. Client core: busy minus wrk + upstream.
+    gw, cl = [], []
+    for s in samples:
+        dur = s["duration_s"]
+        cores = s.get("cores", {})
+        if dur <= 0:
+            continue
+        if gateway_core is not None and str(gateway_core) in cores and s.get("cpu_s") is not None:
+            own = 100 * s["cpu_s"] / dur
+            gw.append(max(0.0, cores[str(gateway_core)]["busy_pct"] - own))
+        if client_core is not None and str(client_core) in cores:
+            own = 100 * s.get("client_cpu_s", 0.0) / dur
+            cl.append(max(0.0, cores[str(client_core)]["busy_pct"] - own))
+    if gw:
+        d["gateway_core_other_pct"] = round(max(gw), 1)
+    if cl:
+        d["client_core_other_pct"] = round(max(cl), 1)
     d["samples"] = samples
     return d

@@ -286,7 +286,7 @@ def machine_info() -> dict[str, Any]:
 def markdown(results: dict[str, Any], conns: list[int]) -> str:
     hdr = (
         "| target | conns | req/s | p50 ms | p99 ms | added p50 ms | added p99 ms "
-        "| CPU µs/req | RSS MiB | non-2xx | noise % |"
+        "| CPU µs/req | RSS MiB | non-2xx | noise % gw/client |"
     )
     lines = [hdr, "|" + "---|" * 11]
     for name, res in results.items():
@@ -308,9 +308,14 @@ def markdown(results: dict[str, Any], conns: list[int]) -> str:
                 f"| {label} | {c} | {h.fmt_num(r['rps'])} | {h.fmt_ms(r['p50_us'])} "
                 f"| {h.fmt_ms(r['p99_us'])} | {h.fmt_ms(r.get('added_p50_us'))} "
                 f"| {h.fmt_ms(r.get('added_p99_us'))} | {h.fmt_num(r['cpu_us_per_req'], 1)} "
-                f"| {rss} | {bad if bad else 0} | {h.fmt_num(r.get('gateway_core_other_pct'), 1)} |"
+                f"| {rss} | {bad if bad else 0} | {noise(r)} |"
             )
     return "\n".join(lines)
+
+
+def noise(r: dict[str, Any]) -> str:
+    gw, cl = r.get("gateway_core_other_pct"), r.get("client_core_other_pct")
+    return f"{h.fmt_num(gw, 0)}/{h.fmt_num(cl, 0)}"
 
 
 # The targets for Bastion.
@@ -413,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
             quiet_timeout_s=a.quiet_wait,
             quiet_pct=a.quiet_pct,
             gateway_core=a.gateway_core,
+            upstream_pid=upstream.pid,
         )
         h.log(f"nginx upstream on 127.0.0.1:{up_port} (core {a.client_core}, with wrk)")
         direct = h.bench_target(
@@ -476,8 +482,8 @@ def main(argv: list[str] | None = None) -> int:
     if checks:
         print("\nBastion vs targets:\n" + "\n".join(f"  {c}" for c in checks))
     print(
-        "\nadded = target minus nginx-direct at the same -c; noise % = load on the gateway core "
-        "from other processes during the run (max over repeats)"
+        "\nadded = target minus nginx-direct at the same -c; noise % = load from other processes "
+        "on the gateway core / on the wrk+upstream core during the run (max over repeats)"
     )
     print(f"\nJSON: {out}")
     flagged = [n for n, r in results.items() if r.get("flagged") or "error" in r]

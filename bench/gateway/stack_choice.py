@@ -125,8 +125,9 @@ def bench_combo(
 def markdown(results: dict[str, Any], hi: int, lo: int) -> str:
     lines = [
         f"| server | client | req/s c{hi} | p50 ms c{hi} | p99 ms c{hi} | CPU µs/req c{hi} "
-        f"| req/s c{lo} | added p50 ms c{lo} | added p99 ms c{lo} | RSS MiB | non-2xx |",
-        "|" + "---|" * 11,
+        f"| req/s c{lo} | added p50 ms c{lo} | added p99 ms c{lo} | RSS MiB | non-2xx "
+        "| noise % gw/client |",
+        "|" + "---|" * 12,
     ]
     for name, res in results.items():
         if name == "nginx-direct":
@@ -134,7 +135,7 @@ def markdown(results: dict[str, Any], hi: int, lo: int) -> str:
         server, client = name.split("+")
         if "runs" not in res:
             msg = (res.get("skipped") or res.get("error") or "?").replace("\n", " ")[:150]
-            lines.append(f"| {server} | {client} | {msg} |" + " |" * 8)
+            lines.append(f"| {server} | {client} | {msg} |" + " |" * 9)
             continue
         a, b = res["runs"][str(hi)], res["runs"][str(lo)]
         bad = sum(r["non2xx"] + r["socket_errors"] for r in res["runs"].values())
@@ -143,9 +144,15 @@ def markdown(results: dict[str, Any], hi: int, lo: int) -> str:
             f"| {server}{flag} | {client} | {h.fmt_num(a['rps'])} | {h.fmt_ms(a['p50_us'])} "
             f"| {h.fmt_ms(a['p99_us'])} | {h.fmt_num(a['cpu_us_per_req'], 1)} "
             f"| {h.fmt_num(b['rps'])} | {h.fmt_ms(b.get('added_p50_us'))} "
-            f"| {h.fmt_ms(b.get('added_p99_us'))} | {res['rss_tree_mib']:.1f} | {bad} |"
+            f"| {h.fmt_ms(b.get('added_p99_us'))} | {res['rss_tree_mib']:.1f} | {bad} "
+            f"| {noise(a)}, {noise(b)} |"
         )
     return "\n".join(lines)
+
+
+def noise(r: dict[str, Any]) -> str:
+    gw, cl = r.get("gateway_core_other_pct"), r.get("client_core_other_pct")
+    return f"{h.fmt_num(gw, 0)}/{h.fmt_num(cl, 0)}"
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
@@ -207,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     upstream: h.Proc | None = None
     try:
         upstream, up_port = h.start_nginx_upstream(workdir / "upstream", a.client_core)
+        bp.upstream_pid = upstream.pid
         direct = h.bench_target(
             "nginx-direct", f"http://127.0.0.1:{up_port}", upstream.pid, bp, None
         )
