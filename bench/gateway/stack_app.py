@@ -30,10 +30,6 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Protocol
 
 import orjson
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -230,31 +226,49 @@ async def _send(send: Send, status: int, body: bytes, extra: list[tuple[bytes, b
 
 
 # --------------------------------------------------------------------------- Starlette
+# Optional (not a Bastion dependency): built on first access of ``stack_app.starlette_app``.
 
 
-async def chat_endpoint(request: Request) -> Response:
-    status, body, extra = await handle(request.headers.get("authorization"), await request.body())
-    headers = {k.decode(): v.decode() for k, v in extra}
-    return Response(body, status_code=status, headers=headers, media_type="application/json")
+def build_starlette_app() -> Any:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    async def chat_endpoint(request: Request) -> Response:
+        auth = request.headers.get("authorization")
+        status, body, extra = await handle(auth, await request.body())
+        headers = {k.decode(): v.decode() for k, v in extra}
+        return Response(body, status_code=status, headers=headers, media_type="application/json")
+
+    async def healthz(request: Request) -> Response:
+        return Response(b'{"ok":true}', media_type="application/json")
+
+    return Starlette(
+        routes=[
+            Route("/v1/chat/completions", chat_endpoint, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+        ]
+    )
 
 
-async def healthz(request: Request) -> Response:
-    return Response(b'{"ok":true}', media_type="application/json")
+_starlette_app: Any = None
 
 
-starlette_app = Starlette(
-    routes=[
-        Route("/v1/chat/completions", chat_endpoint, methods=["POST"]),
-        Route("/healthz", healthz, methods=["GET"]),
-    ]
-)
+def __getattr__(name: str) -> Any:
+    global _starlette_app
+    if name == "starlette_app":
+        if _starlette_app is None:
+            _starlette_app = build_starlette_app()
+        return _starlette_app
+    raise AttributeError(name)
 
 
 def main() -> None:
     import uvicorn
 
     kind, port = sys.argv[1], int(sys.argv[2])
-    app = raw_app if kind == "raw" else starlette_app
+    app = raw_app if kind == "raw" else build_starlette_app()
     uvicorn.run(
         app,
         host="127.0.0.1",

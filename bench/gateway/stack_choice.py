@@ -18,6 +18,7 @@ Prints a Markdown table and writes JSON to bench/results/stack-choice-<timestamp
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -97,6 +98,8 @@ def bench_combo(
         and shutil.which("granian", path=str(Path(sys.executable).parent)) is None
     ):
         return {"skipped": "granian not installed in this venv (pip install granian)"}
+    if server.endswith("-starlette") and importlib.util.find_spec("starlette") is None:
+        return {"skipped": "starlette not installed in this venv (pip install starlette)"}
     port = h.free_port()
     env = dict(
         os.environ,

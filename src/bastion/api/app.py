@@ -27,12 +27,11 @@ from bastion.config.loader import load_policy
 from bastion.core.errors import BastionError, NotFound, PermissionDenied, PolicyError
 from bastion.gateway.auth import Principal, bearer
 from bastion.gateway.service import Gateway
-from bastion.telemetry.logging import event
+from bastion.telemetry.logging import AccessLog, event
 from bastion.telemetry.metrics import Metrics
 from bastion.telemetry.tracing import Tracing
 
 log = logging.getLogger("bastion.api")
-access = logging.getLogger("bastion.access")
 
 Handler = Callable[["BastionApp", Exchange], Awaitable[None]]
 _RID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -82,6 +81,7 @@ class BastionApp:
         self.policy_path = policy_path
         self.key_refresh_s = key_refresh_s
         self._tasks: list[asyncio.Task[None]] = []
+        self.access_log = AccessLog()
         self.started_at = time.time()
 
     @property
@@ -175,9 +175,8 @@ class BastionApp:
                 error_type=ex.error_code,
             )
         if self.gateway.rt.policy.telemetry.access_log:
-            event(
-                access,
-                "request",
+            self.access_log.write(
+                ts=round(time.time(), 3),
                 request_id=ex.rid,
                 endpoint=ex.endpoint,
                 method=ex.req.method,
@@ -233,6 +232,7 @@ class BastionApp:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.gateway.aclose()
+        self.access_log.flush()
         self.tracing.shutdown()
 
     async def _refresh_keys_loop(self) -> None:

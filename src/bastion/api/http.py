@@ -93,7 +93,11 @@ async def send_json(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": JSON_HEADERS + (headers or []),
+            "headers": [
+                *JSON_HEADERS,
+                (b"content-length", str(len(payload)).encode()),
+                *(headers or ()),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": payload})
@@ -106,7 +110,11 @@ async def send_bytes(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", content_type), *headers],
+            "headers": [
+                (b"content-type", content_type),
+                (b"content-length", str(len(payload)).encode()),
+                *headers,
+            ],
         }
     )
     await send({"type": "http.response.body", "body": payload})

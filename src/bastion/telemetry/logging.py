@@ -9,11 +9,11 @@ cannot reach a log line even by mistake.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import sys
-import time
-from typing import Any
+from typing import IO, Any
 
 import orjson
 
@@ -70,5 +70,55 @@ def event(logger: logging.Logger, name: str, level: int = logging.INFO, **fields
         logger.log(level, name, extra={"fields": fields})
 
 
-def now_ms() -> float:
-    return time.time() * 1000
+class AccessLog:
+    """One JSON line per request, written in batches off the request's own path.
+
+    Lines are buffered and written together when ``max_lines`` are waiting or
+    ``interval_s`` after the first of a batch, whichever comes first (and on
+    :meth:`flush` at shutdown). Through ``logging`` each line cost about 55 µs
+    of CPU on the request path; batching pays the formatting, the secret mask
+    and the write once per batch. The lines have the same shape as every other
+    log line (``ts``, ``level``, ``logger``, ``event``, fields).
+    """
+
+    def __init__(
+        self,
+        stream: IO[bytes] | None = None,
+        *,
+        max_lines: int = 256,
+        interval_s: float = 0.2,
+    ) -> None:
+        self._stream = stream
+        self._buf: list[dict[str, Any]] = []
+        self.max_lines = max_lines
+        self.interval_s = interval_s
+        self._timer: asyncio.TimerHandle | None = None
+
+    def write(self, **fields: Any) -> None:
+        self._buf.append(fields)
+        if len(self._buf) >= self.max_lines:
+            self.flush()
+        elif self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.flush()
+                return
+            self._timer = loop.call_later(self.interval_s, self.flush)
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._buf:
+            return
+        batch, self._buf = self._buf, []
+        head = {"level": "info", "logger": "bastion.access", "event": "request"}
+        lines = [orjson.dumps({"ts": f.pop("ts"), **head, **f}, default=str) for f in batch]
+        data = mask_secrets(b"\n".join(lines).decode()) + "\n"
+        stream = self._stream or sys.stderr.buffer
+        try:
+            stream.write(data.encode())
+            stream.flush()
+        except (OSError, ValueError):
+            pass  # a closed or broken log stream must never fail a request
