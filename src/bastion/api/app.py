@@ -176,7 +176,6 @@ class BastionApp:
             )
         if self.gateway.rt.policy.telemetry.access_log:
             self.access_log.write(
-                ts=round(time.time(), 3),
                 request_id=ex.rid,
                 endpoint=ex.endpoint,
                 method=ex.req.method,

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import re
 import sys
+import time
 from typing import IO, Any
 
 import orjson
@@ -70,32 +71,48 @@ def event(logger: logging.Logger, name: str, level: int = logging.INFO, **fields
         logger.log(level, name, extra={"fields": fields})
 
 
-class AccessLog:
-    """One JSON line per request, written in batches off the request's own path.
+_HINTS = (b"sk-", b"bst-", b"earer")
 
-    Lines are buffered and written together when ``max_lines`` are waiting or
-    ``interval_s`` after the first of a batch, whichever comes first (and on
-    :meth:`flush` at shutdown). Through ``logging`` each line cost about 55 µs
-    of CPU on the request path; batching pays the formatting, the secret mask
-    and the write once per batch. The lines have the same shape as every other
-    log line (``ts``, ``level``, ``logger``, ``event``, fields).
+
+class AccessLog:
+    """One JSON line per request, written in batches.
+
+    Each line is serialised when the request ends (orjson, a few µs) and the
+    lines are written together when ``max_lines`` are waiting or ``interval_s``
+    after the first of a batch (and on :meth:`flush` at shutdown), so the
+    request path never waits on a write. Through ``logging`` each line cost
+    about 55 µs of CPU. Lines have the shape of every other log line (``ts``,
+    ``level``, ``logger``, ``event``, fields); a line that might hold something
+    shaped like a key goes through :func:`mask_secrets` first.
     """
 
     def __init__(
         self,
         stream: IO[bytes] | None = None,
         *,
-        max_lines: int = 256,
-        interval_s: float = 0.2,
+        max_lines: int = 128,
+        interval_s: float = 0.1,
     ) -> None:
         self._stream = stream
-        self._buf: list[dict[str, Any]] = []
+        self._buf: list[bytes] = []
         self.max_lines = max_lines
         self.interval_s = interval_s
         self._timer: asyncio.TimerHandle | None = None
 
     def write(self, **fields: Any) -> None:
-        self._buf.append(fields)
+        line = orjson.dumps(
+            {
+                "ts": round(time.time(), 3),
+                "level": "info",
+                "logger": "bastion.access",
+                "event": "request",
+                **fields,
+            },
+            default=str,
+        )
+        if any(h in line for h in _HINTS):
+            line = mask_secrets(line.decode()).encode()
+        self._buf.append(line)
         if len(self._buf) >= self.max_lines:
             self.flush()
         elif self._timer is None:
@@ -112,13 +129,12 @@ class AccessLog:
             self._timer = None
         if not self._buf:
             return
-        batch, self._buf = self._buf, []
-        head = {"level": "info", "logger": "bastion.access", "event": "request"}
-        lines = [orjson.dumps({"ts": f.pop("ts"), **head, **f}, default=str) for f in batch]
-        data = mask_secrets(b"\n".join(lines).decode()) + "\n"
+        self._buf.append(b"")
+        data = b"\n".join(self._buf)
+        self._buf = []
         stream = self._stream or sys.stderr.buffer
         try:
-            stream.write(data.encode())
+            stream.write(data)
             stream.flush()
         except (OSError, ValueError):
             pass  # a closed or broken log stream must never fail a request
