@@ -7,6 +7,8 @@ request id; the traceback goes to the log, never to the client.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -17,6 +19,7 @@ from bastion.core.errors import (
 )
 
 log = logging.getLogger("bastion.api")
+T = TypeVar("T")
 
 
 def from_validation(exc: ValidationError) -> InvalidRequest:
@@ -30,6 +33,14 @@ def from_validation(exc: ValidationError) -> InvalidRequest:
     if len(exc.errors()) > 1:
         text += f" (and {len(exc.errors()) - 1} more)"
     return InvalidRequest(text, param=loc or None)
+
+
+def parse(validate: Callable[[dict[str, Any]], T], body: dict[str, Any]) -> T:
+    """Validate a request body; a failure is a 400 naming the field."""
+    try:
+        return validate(body)
+    except ValidationError as exc:
+        raise from_validation(exc) from None
 
 
 def to_error(exc: BaseException, request_id: str, *, expose_upstream: bool = True) -> BastionError:

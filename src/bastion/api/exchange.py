@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from bastion.api.http import Request, Send, send_json
+from bastion.api.http import SSE_HEADERS, Request, Send, send_json
 from bastion.core.types import JSON, usage_of
+from bastion.gateway.router import Deployment
 from bastion.providers.base import CallContext
 
 
@@ -52,6 +53,23 @@ class Exchange:
         p, c = usage_of(body)
         if p or c:
             self.prompt_tokens, self.completion_tokens = p, c
+
+    def routed(self, deployment: Deployment) -> None:
+        """Record which deployment answered."""
+        self.deployment, self.provider = deployment.id, deployment.provider.name
+
+    async def start_sse(self) -> None:
+        """Send the headers of a 200 event stream (time to first token ends here)."""
+        self.status = 200
+        self.started = True
+        self.ttft_s = time.perf_counter() - self.t0
+        await self.send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": SSE_HEADERS + self.routing_headers(),
+            }
+        )
 
     async def respond(self, status: int, payload: bytes) -> None:
         self.status = status

@@ -8,13 +8,12 @@ Errors use Anthropic's error shape (the app does that for this route).
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from bastion.api.errors import to_error
 from bastion.api.exchange import Exchange
-from bastion.api.http import SSE_HEADERS, dumps, sse_event
+from bastion.api.http import dumps, sse_event
 from bastion.api.routes_openai import relay_until_disconnect
 from bastion.core.types import JSON
 from bastion.providers.anthropic_format import (
@@ -37,11 +36,11 @@ async def messages(app: BastionApp, ex: Exchange) -> None:
     if req.stream:
         ex.streamed = True
         dep, chunks = await app.gateway.chat_stream(plan, req, ex.ctx)
-        ex.deployment, ex.provider = dep.id, dep.provider.name
+        ex.routed(dep)
         await _stream(ex, chunks, req.model)
         return
     dep, completion = await app.gateway.chat(plan, req, ex.ctx)
-    ex.deployment, ex.provider = dep.id, dep.provider.name
+    ex.routed(dep)
     ex.response_model = completion.get("model")
     ex.add_usage(completion)
     await ex.respond(200, dumps(chat_to_message(completion, req.model)))
@@ -49,15 +48,7 @@ async def messages(app: BastionApp, ex: Exchange) -> None:
 
 async def _stream(ex: Exchange, chunks: AsyncIterator[JSON], model: str) -> None:
     send = ex.send
-    ex.started = True
-    ex.ttft_s = time.perf_counter() - ex.t0
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": SSE_HEADERS + ex.routing_headers(),
-        }
-    )
+    await ex.start_sse()
     translator = MessagesStreamTranslator(model)
 
     async def out(events: list[tuple[str, JSON]], more: bool = True) -> None:

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
-from bastion.api.errors import from_validation, to_error
+from bastion.api.errors import parse, to_error
 from bastion.api.exchange import Exchange
-from bastion.api.http import SSE_HEADERS, dumps, sse_data, wait_disconnect
+from bastion.api.http import dumps, sse_data, wait_disconnect
 from bastion.core.errors import ModelNotFound
 from bastion.core.types import JSON, ChatRequest, EmbeddingRequest
 
@@ -29,22 +26,18 @@ def _request_attrs(req: ChatRequest) -> dict[str, object]:
 
 async def chat_completions(app: BastionApp, ex: Exchange) -> None:
     principal = app.authenticate(ex)
-    data = await ex.req.json(app.max_body)
-    try:
-        req = ChatRequest.from_body(data)
-    except ValidationError as exc:
-        raise from_validation(exc) from None
+    req = parse(ChatRequest.from_body, await ex.req.json(app.max_body))
     ex.model = req.model
     ex.request_attrs = _request_attrs(req)
     plan = app.gateway.plan(principal, req.model, "chat")
     if req.stream:
         ex.streamed = True
         dep, chunks = await app.gateway.chat_stream(plan, req, ex.ctx)
-        ex.deployment, ex.provider = dep.id, dep.provider.name
+        ex.routed(dep)
         await stream_sse(ex, chunks, include_usage=req.include_usage())
         return
     dep, body = await app.gateway.chat(plan, req, ex.ctx)
-    ex.deployment, ex.provider = dep.id, dep.provider.name
+    ex.routed(dep)
     ex.response_model = body.get("model")
     ex.add_usage(body)
     await ex.respond(200, dumps(body))
@@ -58,16 +51,7 @@ async def stream_sse(ex: Exchange, chunks: AsyncIterator[JSON], *, include_usage
     disconnects cancels the relay, which closes the upstream stream.
     """
     send = ex.send
-    ex.status = 200
-    ex.started = True
-    ex.ttft_s = time.perf_counter() - ex.t0
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": SSE_HEADERS + ex.routing_headers(),
-        }
-    )
+    await ex.start_sse()
 
     async def relay() -> None:
         try:
@@ -117,15 +101,11 @@ async def relay_until_disconnect(
 
 async def embeddings(app: BastionApp, ex: Exchange) -> None:
     principal = app.authenticate(ex)
-    data = await ex.req.json(app.max_body)
-    try:
-        req = EmbeddingRequest.model_validate(data)
-    except ValidationError as exc:
-        raise from_validation(exc) from None
+    req = parse(EmbeddingRequest.model_validate, await ex.req.json(app.max_body))
     ex.model = req.model
     plan = app.gateway.plan(principal, req.model, "embedding")
     dep, body = await app.gateway.embed(plan, req, ex.ctx)
-    ex.deployment, ex.provider = dep.id, dep.provider.name
+    ex.routed(dep)
     ex.add_usage(body)
     await ex.respond(200, dumps(body))
 

@@ -6,9 +6,9 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from bastion.api.errors import from_validation
+from bastion.api.errors import parse
 from bastion.api.exchange import Exchange
 from bastion.api.http import dumps, send_bytes
 from bastion.core.errors import InvalidRequest, NotFound
@@ -82,10 +82,7 @@ async def list_keys(app: BastionApp, ex: Exchange) -> None:
 
 async def create_key(app: BastionApp, ex: Exchange) -> None:
     app.authenticate(ex, admin=True)
-    try:
-        spec = KeyCreate.model_validate(await ex.req.json(app.max_body))
-    except ValidationError as exc:
-        raise from_validation(exc) from None
+    spec = parse(KeyCreate.model_validate, await ex.req.json(app.max_body))
     plans = app.gateway.rt.plans
     unknown = [m for m in spec.models if not any(c in m for c in "*?[") and m not in plans]
     if unknown:

@@ -293,6 +293,32 @@ def loads_object(raw: bytes, what: str = "response") -> JSON:
     return obj
 
 
+async def _post(
+    session: aiohttp.ClientSession,
+    url: URL,
+    data: bytes,
+    headers: Mapping[str, str] | None,
+    ctx: CallContext,
+    dl: Deadlines,
+    now: float,
+) -> aiohttp.ClientResponse:
+    """Send the request and wait for the response headers (connect and first-byte limits)."""
+    t = ctx.timeouts
+    try:
+        return await dl.wait(
+            session.post(
+                url,
+                data=data,
+                headers=headers,
+                timeout=_client_timeout(t.connect),
+                allow_redirects=False,
+            ),
+            _deadline(now, t.first_byte, t.total),
+        )
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        raise transport_error(exc, "first byte") from None
+
+
 async def post_json(
     session: aiohttp.ClientSession,
     url: URL,
@@ -303,29 +329,17 @@ async def post_json(
     secrets: Iterable[str] = (),
 ) -> JSON:
     """POST ``data`` and return the JSON object answered; errors mapped per the table."""
-    t = ctx.timeouts
     dl = deadlines()
     now = dl.loop.time()
-    phase = "first byte"
     start = _perf()
     try:
-        resp = await dl.wait(
-            session.post(
-                url,
-                data=data,
-                headers=headers,
-                timeout=_client_timeout(t.connect),
-                allow_redirects=False,
-            ),
-            _deadline(now, t.first_byte, t.total),
-        )
+        resp = await _post(session, url, data, headers, ctx, dl, now)
         try:
-            phase = "body"
-            raw = await dl.wait(resp.read(), _deadline(now, t.total))
+            raw = await dl.wait(resp.read(), _deadline(now, ctx.timeouts.total))
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise transport_error(exc, "body") from None
         finally:
             resp.release()
-    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        raise transport_error(exc, phase) from None
     finally:
         ctx.upstream_s += _perf() - start
     if resp.status >= 300:
@@ -454,24 +468,12 @@ async def open_sse(
 
     An error status, or a JSON body instead of a stream, raises (mapped per the table).
     """
-    t = ctx.timeouts
     dl = deadlines()
     now = dl.loop.time()
-    total = _deadline(now, t.total)
+    total = _deadline(now, ctx.timeouts.total)
     start = _perf()
     try:
-        resp = await dl.wait(
-            session.post(
-                url,
-                data=data,
-                headers=headers,
-                timeout=_client_timeout(t.connect),
-                allow_redirects=False,
-            ),
-            _deadline(now, t.first_byte, t.total),
-        )
-    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        raise transport_error(exc, "first byte") from None
+        resp = await _post(session, url, data, headers, ctx, dl, now)
     finally:
         ctx.upstream_s += _perf() - start
     stream = SSEStream(resp, ctx, total)
