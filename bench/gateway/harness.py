@@ -614,3 +614,9 @@ def aggregate(
         d["client_core_other_pct"] = round(max(cl), 1)
     d["samples"] = samples
     return d
+
+
+def noise(r: dict[str, Any]) -> str:
+    """Load from other processes on the gateway core / the client core, in percent."""
+    gw, cl = r.get("gateway_core_other_pct"), r.get("client_core_other_pct")
+    return f"{fmt_num(gw, 0)}/{fmt_num(cl, 0)}"

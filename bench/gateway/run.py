@@ -308,14 +308,9 @@ def markdown(results: dict[str, Any], conns: list[int]) -> str:
                 f"| {label} | {c} | {h.fmt_num(r['rps'])} | {h.fmt_ms(r['p50_us'])} "
                 f"| {h.fmt_ms(r['p99_us'])} | {h.fmt_ms(r.get('added_p50_us'))} "
                 f"| {h.fmt_ms(r.get('added_p99_us'))} | {h.fmt_num(r['cpu_us_per_req'], 1)} "
-                f"| {rss} | {bad if bad else 0} | {noise(r)} |"
+                f"| {rss} | {bad if bad else 0} | {h.noise(r)} |"
             )
     return "\n".join(lines)
-
-
-def noise(r: dict[str, Any]) -> str:
-    gw, cl = r.get("gateway_core_other_pct"), r.get("client_core_other_pct")
-    return f"{h.fmt_num(gw, 0)}/{h.fmt_num(cl, 0)}"
 
 
 # The targets for Bastion.

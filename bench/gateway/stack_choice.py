@@ -148,14 +148,9 @@ def markdown(results: dict[str, Any], hi: int, lo: int) -> str:
             f"| {h.fmt_ms(a['p99_us'])} | {h.fmt_num(a['cpu_us_per_req'], 1)} "
             f"| {h.fmt_num(b['rps'])} | {h.fmt_ms(b.get('added_p50_us'))} "
             f"| {h.fmt_ms(b.get('added_p99_us'))} | {res['rss_tree_mib']:.1f} | {bad} "
-            f"| {noise(a)}, {noise(b)} |"
+            f"| {h.noise(a)}, {h.noise(b)} |"
         )
     return "\n".join(lines)
-
-
-def noise(r: dict[str, Any]) -> str:
-    gw, cl = r.get("gateway_core_other_pct"), r.get("client_core_other_pct")
-    return f"{h.fmt_num(gw, 0)}/{h.fmt_num(cl, 0)}"
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
