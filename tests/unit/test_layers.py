@@ -25,7 +25,7 @@ RANK = {
     "evals": 7,
 }
 ROOTS = {"api", "cli", "testing"}
-PORTS = {"bastion.gateway.auth"}  # port modules the store may implement
+PORTS = {"bastion.gateway.auth", "bastion.telemetry.audit"}  # port modules the store may implement
 
 
 def imports(path: Path) -> set[str]:

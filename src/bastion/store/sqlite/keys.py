@@ -1,9 +1,9 @@
 """SQLite implementation of :class:`bastion.gateway.auth.KeyStore`.
 
 One file under the data directory (``bastion.db``), WAL mode so the CLI can
-write while a server reads. The schema is created by :func:`upgrade`
-(``bastion db upgrade``; ``bastion serve`` runs it for a brand-new embedded
-data directory only). ``version()`` uses ``PRAGMA data_version``, which
+write while a server reads. The schema and its migrations live in
+:mod:`bastion.store.sqlite.db` (re-exported here: ``upgrade`` is what
+``bastion db upgrade`` runs). ``version()`` uses ``PRAGMA data_version``, which
 changes when *another* connection commits, plus a local counter.
 """
 
@@ -20,48 +20,23 @@ from pathlib import Path
 from bastion.core.errors import InvalidRequest, NotFound
 from bastion.core.secrets import hash_key, new_key
 from bastion.gateway.auth import KeyRecord
+from bastion.store.sqlite.db import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    connect,
+    current_version,
+    require_current,
+    upgrade,
+)
 
-SCHEMA_VERSION = 1
-MIGRATIONS = {
-    1: """
-    CREATE TABLE IF NOT EXISTS keys (
-        id TEXT PRIMARY KEY,
-        name TEXT NOT NULL,
-        hash TEXT NOT NULL UNIQUE,
-        prefix TEXT NOT NULL,
-        models TEXT NOT NULL,
-        admin INTEGER NOT NULL DEFAULT 0,
-        created_at REAL NOT NULL,
-        expires_at REAL,
-        revoked_at REAL
-    );
-    CREATE UNIQUE INDEX IF NOT EXISTS keys_active_name ON keys(name) WHERE revoked_at IS NULL;
-    """,
-}
-
-
-def connect(path: Path) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    return conn
-
-
-def current_version(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("PRAGMA user_version").fetchone()[0])
-
-
-def upgrade(path: Path) -> tuple[int, int]:
-    """Apply pending migrations; returns ``(from_version, to_version)``."""
-    conn = connect(path)
-    try:
-        before = current_version(conn)
-        for v in range(before + 1, SCHEMA_VERSION + 1):
-            conn.executescript(f"BEGIN IMMEDIATE;{MIGRATIONS[v]};PRAGMA user_version={v};COMMIT;")
-        return before, current_version(conn)
-    finally:
-        conn.close()
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "SqliteKeyStore",
+    "connect",
+    "current_version",
+    "upgrade",
+]
 
 
 def _row(r: tuple[object, ...]) -> KeyRecord:
@@ -88,11 +63,11 @@ class SqliteKeyStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._conn = connect(path)
-        if current_version(self._conn) < SCHEMA_VERSION:
-            raise InvalidRequest(
-                f"database {path} is at schema {current_version(self._conn)}, "
-                f"expected {SCHEMA_VERSION}: run 'bastion db upgrade'"
-            )
+        try:
+            require_current(self._conn, path)
+        except InvalidRequest:
+            self._conn.close()
+            raise
         self._lock = threading.Lock()
         self._local_changes = 0
 
