@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import subprocess
 import sys
 import time
@@ -113,3 +115,38 @@ def test_admin_api_key_lifecycle(server: BastionServer) -> None:
     client = openai.OpenAI(base_url=server.url, api_key=secret, max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         client.models.list()
+
+
+def test_admin_actions_are_audited_and_tampering_is_detected(
+    fake: FakeUpstream, tmp_path: Path
+) -> None:
+    data = tmp_path / "d"
+    with run_bastion(policy(fake), data, env=ENV) as srv:
+        auth = {"authorization": f"Bearer {srv.admin_key}"}
+        made = httpx.post(srv.base + "/admin/keys", json={"name": "audited"}, headers=auth)
+        assert made.status_code == 201
+        assert httpx.delete(f"{srv.base}/admin/keys/{made.json()['id']}", headers=auth).is_success
+        assert httpx.post(srv.base + "/admin/policy/reload", headers=auth).json()["applied"]
+        assert run_cli("keys", "create", "--name", "from-cli", data_dir=data).returncode == 0
+
+        def kinds() -> list[str]:
+            exported = run_cli("audit", "export", data_dir=data)
+            return [json.loads(line)["kind"] for line in exported.stdout.splitlines()]
+
+        eventually(lambda: len(kinds()) == 4)
+        assert sorted(kinds()) == sorted(
+            ["admin.key.create", "admin.key.revoke", "admin.policy.reload", "admin.key.create"]
+        )
+    # the drained log verifies; a secret never enters it
+    ok = run_cli("audit", "verify", data_dir=data)
+    assert ok.returncode == 0 and ok.stdout.startswith("ok: 4 events")
+    exported = run_cli("audit", "export", data_dir=data).stdout
+    assert made.json()["key"] not in exported and srv.admin_key not in exported
+    # edit one event's content behind Bastion's back
+    conn = sqlite3.connect(data / "bastion.db")
+    conn.execute("UPDATE audit_events SET actor = 'someone-else' WHERE seq = 2")
+    conn.commit()
+    conn.close()
+    bad = run_cli("audit", "verify", data_dir=data)
+    assert bad.returncode == 1
+    assert "event 2" in bad.stdout and "first bad event: 2" in bad.stdout

@@ -18,6 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bastion.api import routes_anthropic, routes_openai, routes_ops
 from bastion.api.errors import error_headers, to_error
@@ -27,6 +28,8 @@ from bastion.config.loader import load_policy
 from bastion.core.errors import BastionError, NotFound, PermissionDenied, PolicyError
 from bastion.gateway.auth import Principal, bearer
 from bastion.gateway.service import Gateway
+from bastion.telemetry.audit import AuditDraft
+from bastion.telemetry.batch import BatchQueue
 from bastion.telemetry.logging import AccessLog, event
 from bastion.telemetry.metrics import Metrics
 from bastion.telemetry.tracing import Tracing
@@ -74,6 +77,7 @@ class BastionApp:
         tracing: Tracing,
         policy_path: Path | None = None,
         key_refresh_s: float = 1.0,
+        audit: BatchQueue[AuditDraft] | None = None,
     ) -> None:
         self.gateway = gateway
         self.metrics = metrics
@@ -82,6 +86,7 @@ class BastionApp:
         self.key_refresh_s = key_refresh_s
         self._tasks: list[asyncio.Task[None]] = []
         self.access_log = AccessLog()
+        self.audit_queue = audit
         self.started_at = time.time()
 
     @property
@@ -222,6 +227,8 @@ class BastionApp:
         # the collector's generations so collections stay short (tail latency).
         gc.collect()
         gc.freeze()
+        if self.audit_queue is not None:
+            self.audit_queue.start()
         self._tasks.append(asyncio.create_task(self._refresh_keys_loop()))
         if self.policy_path is not None:
             self._tasks.append(asyncio.create_task(self._watch_policy()))
@@ -231,6 +238,8 @@ class BastionApp:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.gateway.aclose()
+        if self.audit_queue is not None:
+            await self.audit_queue.drain()
         self.access_log.flush()
         self.tracing.shutdown()
 
@@ -242,7 +251,12 @@ class BastionApp:
             except Exception:
                 log.exception("key refresh failed")
 
-    async def reload_policy(self) -> tuple[bool, list[str]]:
+    async def audit(self, kind: str, actor: str | None, **data: Any) -> None:
+        """Record an admin action in the audit log (batched, off the request path)."""
+        if self.audit_queue is not None:
+            await self.audit_queue.put(AuditDraft(kind=kind, actor=actor, data=data))
+
+    async def reload_policy(self, actor: str | None = "policy-watch") -> tuple[bool, list[str]]:
         """Load the policy file again; keep the old one on any error."""
         assert self.policy_path is not None
         try:
@@ -251,6 +265,7 @@ class BastionApp:
         except PolicyError as exc:
             problems = [f"{f}:{line}: {reason}" for f, line, reason in exc.problems]
             self.metrics.policy_reloads.labels("rejected").inc()
+            await self.audit("admin.policy.reload", actor, applied=False, problems=problems)
             event(
                 log,
                 "policy rejected; the previous policy keeps serving",
@@ -260,6 +275,7 @@ class BastionApp:
             return False, problems
         except BastionError as exc:
             self.metrics.policy_reloads.labels("rejected").inc()
+            await self.audit("admin.policy.reload", actor, applied=False, problems=[exc.message])
             event(
                 log,
                 "policy rejected; the previous policy keeps serving",
@@ -268,6 +284,7 @@ class BastionApp:
             )
             return False, [exc.message]
         self.metrics.policy_reloads.labels("applied").inc()
+        await self.audit("admin.policy.reload", actor, applied=True, models=sorted(policy.models))
         event(log, "policy applied", models=len(policy.models), providers=len(policy.providers))
         return True, []
 

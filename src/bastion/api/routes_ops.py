@@ -81,7 +81,7 @@ async def list_keys(app: BastionApp, ex: Exchange) -> None:
 
 
 async def create_key(app: BastionApp, ex: Exchange) -> None:
-    app.authenticate(ex, admin=True)
+    admin = app.authenticate(ex, admin=True)
     spec = parse(KeyCreate.model_validate, await ex.req.json(app.max_body))
     plans = app.gateway.rt.plans
     unknown = [m for m in spec.models if not any(c in m for c in "*?[") and m not in plans]
@@ -92,22 +92,31 @@ async def create_key(app: BastionApp, ex: Exchange) -> None:
         _store(app).create, spec.name, spec.models, admin=spec.admin, expires_at=expires
     )
     app.gateway.refresh_keys(force=True)
+    await app.audit(
+        "admin.key.create",
+        admin.name,
+        key_id=rec.id,
+        name=rec.name,
+        models=list(rec.models),
+        admin=rec.admin,
+    )
     await ex.respond(201, dumps({**_public(rec), "key": secret}))
 
 
 async def revoke_key(app: BastionApp, ex: Exchange) -> None:
-    app.authenticate(ex, admin=True)
+    admin = app.authenticate(ex, admin=True)
     key_id = ex.req.path.rsplit("/", 1)[-1]
     if not key_id:
         raise NotFound("no key id given")
     rec = await asyncio.to_thread(_store(app).revoke, key_id)
     app.gateway.refresh_keys(force=True)
+    await app.audit("admin.key.revoke", admin.name, key_id=rec.id, name=rec.name)
     await ex.respond(200, dumps(_public(rec)))
 
 
 async def reload_policy(app: BastionApp, ex: Exchange) -> None:
-    app.authenticate(ex, admin=True)
+    admin = app.authenticate(ex, admin=True)
     if app.policy_path is None:
         raise InvalidRequest("the server runs on embedded defaults; there is no policy file")
-    ok, problems = await app.reload_policy()
+    ok, problems = await app.reload_policy(actor=admin.name)
     await ex.respond(200 if ok else 400, dumps({"applied": ok, "problems": problems}))

@@ -14,6 +14,8 @@ from bastion.core.settings import Settings
 from bastion.gateway.auth import KeyRecord
 from bastion.gateway.service import Gateway
 from bastion.store.sqlite import keys as sqlite_keys
+from bastion.store.sqlite.audit import SqliteAuditStore
+from bastion.telemetry.batch import BatchQueue
 from bastion.telemetry.metrics import Metrics
 from bastion.telemetry.tracing import Tracing
 
@@ -34,6 +36,7 @@ def build_app(settings: Settings, *, announce: Callable[[str], None] | None = No
     if not settings.db_path.exists():
         sqlite_keys.upgrade(settings.db_path)
     store = sqlite_keys.SqliteKeyStore(settings.db_path)
+    audit_store = SqliteAuditStore(settings.db_path)
     extra: list[KeyRecord] = []
     generated = None
     if settings.admin_key:
@@ -56,5 +59,11 @@ def build_app(settings: Settings, *, announce: Callable[[str], None] | None = No
         otlp_endpoint=tel.otlp_endpoint or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
     )
     gateway = Gateway(policy, observer=metrics, keystore=store, extra_keys=extra)
-    app = BastionApp(gateway, metrics=metrics, tracing=tracing, policy_path=settings.policy_path)
+    app = BastionApp(
+        gateway,
+        metrics=metrics,
+        tracing=tracing,
+        policy_path=settings.policy_path,
+        audit=BatchQueue(audit_store.append),
+    )
     return Built(app, generated)

@@ -24,7 +24,9 @@ from bastion import __version__
 from bastion.config.schema import Policy
 from bastion.core.errors import BastionError, PolicyError
 from bastion.core.settings import Settings
+from bastion.store.sqlite.audit import SqliteAuditStore
 from bastion.store.sqlite.keys import SqliteKeyStore, upgrade
+from bastion.telemetry.audit import AuditDraft, export_jsonl, verify
 
 app = typer.Typer(
     add_completion=False,
@@ -36,6 +38,8 @@ keys_app = typer.Typer(no_args_is_help=True, help="Manage virtual keys.")
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 app.add_typer(keys_app, name="keys")
 app.add_typer(db_app, name="db")
+audit_app = typer.Typer(no_args_is_help=True, help="The tamper-evident audit log.")
+app.add_typer(audit_app, name="audit")
 out = Console()
 err = Console(stderr=True)
 
@@ -143,6 +147,15 @@ def serve(
     )
 
 
+def _audit_cli(data_dir: Path | None, kind: str, **data: object) -> None:
+    settings = Settings.from_env(None, data_dir)
+    store = SqliteAuditStore(settings.db_path)
+    try:
+        store.append([AuditDraft(kind=kind, actor="cli", data=data)])
+    finally:
+        store.close()
+
+
 def _store(data_dir: Path | None) -> SqliteKeyStore:
 
     settings = Settings.from_env(None, data_dir)
@@ -167,6 +180,14 @@ def keys_create(
     except BastionError as exc:
         err.print(f"error: {exc.message}", markup=False)
         raise typer.Exit(1) from None
+    _audit_cli(
+        data_dir,
+        "admin.key.create",
+        key_id=rec.id,
+        name=rec.name,
+        models=list(rec.models),
+        admin=rec.admin,
+    )
     err.print(f"created key {rec.id} ({rec.name}) for models {','.join(rec.models)}")
     err.print("the secret below is shown once; store it now:")
     print(secret)
@@ -207,6 +228,7 @@ def keys_revoke(
     except BastionError as exc:
         err.print(f"error: {exc.message}", markup=False)
         raise typer.Exit(1) from None
+    _audit_cli(data_dir, "admin.key.revoke", key_id=rec.id, name=rec.name)
     out.print(f"revoked {rec.id} ({rec.name})")
 
 
@@ -216,6 +238,44 @@ def db_upgrade(data_dir: DataDir = None) -> None:
     settings = Settings.from_env(None, data_dir)
     before, after = upgrade(settings.db_path)
     out.print(f"{settings.db_path}: schema {before} -> {after}")
+
+
+@audit_app.command("verify")
+def audit_verify(data_dir: DataDir = None) -> None:
+    """Check the hash chain; name the first modified, missing or reordered event."""
+    settings = Settings.from_env(None, data_dir)
+    store = SqliteAuditStore(settings.db_path)
+    try:
+        result = verify(store.events())
+    finally:
+        store.close()
+    if result.ok:
+        print(f"ok: {result.checked} events, head {result.head_hash}")
+        return
+    print(f"TAMPERED: {result.reason} (first bad event: {result.first_bad_seq})")
+    raise typer.Exit(1)
+
+
+@audit_app.command("export")
+def audit_export(
+    out_file: Annotated[
+        Path | None, typer.Option("--out", "-o", help="File to write (default: stdout).")
+    ] = None,
+    since: Annotated[int, typer.Option(help="Only events after this sequence number.")] = 0,
+    data_dir: DataDir = None,
+) -> None:
+    """Write audit events as JSON lines."""
+    settings = Settings.from_env(None, data_dir)
+    store = SqliteAuditStore(settings.db_path)
+    try:
+        if out_file is None:
+            n = export_jsonl(store.events(since), sys.stdout)
+        else:
+            with out_file.open("w") as f:
+                n = export_jsonl(store.events(since), f)
+    finally:
+        store.close()
+    err.print(f"exported {n} events")
 
 
 def main() -> None:
