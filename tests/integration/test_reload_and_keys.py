@@ -150,3 +150,15 @@ def test_admin_actions_are_audited_and_tampering_is_detected(
     bad = run_cli("audit", "verify", data_dir=data)
     assert bad.returncode == 1
     assert "event 2" in bad.stdout and "first bad event: 2" in bad.stdout
+
+
+def test_editing_an_included_file_reloads(fake: FakeUpstream, tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    data.mkdir()
+    extra = data / "extra-models.yaml"
+    extra.write_text("models:\n  inc-a: {routes: [{provider: up, model: a}]}\n")
+    with run_bastion(policy(fake, "include: [extra-models.yaml]\n"), data, env=ENV) as srv:
+        assert "inc-a" in model_ids(srv)
+        extra.write_text("models:\n  inc-b: {routes: [{provider: up, model: b}]}\n")
+        eventually(lambda: "inc-b" in model_ids(srv))
+        assert "inc-a" not in model_ids(srv)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bastion.config.defaults import embedded_policy
-from bastion.config.loader import parse_policy
+from bastion.config.loader import load_policy, parse_policy
 from bastion.core.errors import PolicyError
 
 GOOD = """\
@@ -180,3 +180,45 @@ def test_bastion_check_reports_unknown_types_and_warns_on_unset_secrets(tmp_path
     assert result.returncode == 1
     assert "providers.vllm.type: unknown provider type 'nosuch'" in result.stdout
     assert "warning: env:OPENAI_API_KEY is not set" in result.stderr
+
+
+def test_includes_merge_sections_and_report_problems_in_their_own_file(tmp_path: Path) -> None:
+    (tmp_path / "models.yaml").write_text(
+        "models:\n  extra:\n    routes: [{provider: local, model: x}]\n"
+    )
+    main = tmp_path / "policy.yaml"
+    main.write_text(GOOD + "include: [models.yaml]\n")
+    policy = load_policy(main)
+    assert "extra" in policy.models and "chat-default" in policy.models
+
+    (tmp_path / "bad.yaml").write_text(
+        "models:\n  chat-default:\n    routes: [{provider: local}]\n"
+        "  broken:\n    routes: [{provider: nowhere, model: y}]\n"
+        "server: {max_body_bytes: 10}\n"
+    )
+    main.write_text(GOOD + "include: bad.yaml\n")
+    with pytest.raises(PolicyError) as info:
+        load_policy(main)
+    bad = str(tmp_path / "bad.yaml")
+    assert info.value.problems == [
+        (bad, 2, f"models.chat-default: already defined at {main}:6"),
+        (bad, 6, "server: an included file may only hold providers, models and keys"),
+    ]
+    main.write_text(GOOD + "include: [missing.yaml]\n")
+    with pytest.raises(PolicyError) as info:
+        load_policy(main)
+    [(f, line, reason)] = info.value.problems
+    assert f == str(main) and line == 18 and "cannot read" in reason
+
+
+def test_included_definitions_are_checked_with_their_lines(tmp_path: Path) -> None:
+    (tmp_path / "more.yaml").write_text(
+        "providers:\n  p2: {type: fake}\nmodels:\n  m2:\n    routes: [{provider: nope, model: z}]\n"
+    )
+    main = tmp_path / "policy.yaml"
+    main.write_text(GOOD + "include: [more.yaml]\n")
+    with pytest.raises(PolicyError) as info:
+        load_policy(main)
+    assert info.value.problems == [
+        (str(tmp_path / "more.yaml"), 5, "models.m2.routes.0.provider: unknown provider 'nope'")
+    ]

@@ -293,12 +293,16 @@ class BastionApp:
 
         assert self.policy_path is not None
         target = str(self.policy_path.absolute())
+        folder = os.path.dirname(target)
 
         def is_policy(_change: object, path: str) -> bool:
-            return path == target
+            # the policy file, or a YAML file beside it (its includes live there)
+            return path == target or (
+                os.path.dirname(path) == folder and path.endswith((".yaml", ".yml"))
+            )
 
         # watch the directory (editors replace files rather than write in place),
-        # non-recursively and only for the policy file itself
+        # non-recursively and only for policy files
         async for _ in awatch(
             os.path.dirname(target), watch_filter=is_policy, recursive=False, debounce=200, step=50
         ):

@@ -8,7 +8,7 @@ name known models). All problems of a pass are reported together.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,28 +21,111 @@ from bastion.core.errors import PolicyError
 Loc = tuple[str | int, ...]
 
 
-def _walk(node: yaml.Node, path: Loc, out: dict[Loc, int]) -> None:
-    out[path] = node.start_mark.line + 1
+Where = tuple[str, int]
+SECTIONS = ("providers", "models", "keys")
+
+
+def _walk(node: yaml.Node, path: Loc, out: dict[Loc, Where], filename: str) -> None:
+    out[path] = (filename, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
             k = key.value if isinstance(key, yaml.ScalarNode) else str(key)
-            out[(*path, k)] = key.start_mark.line + 1
-            _walk(value, (*path, k), out)
+            out[(*path, k)] = (filename, key.start_mark.line + 1)
+            _walk(value, (*path, k), out, filename)
             # keep the key's own line for errors on the key (extra fields)
-            out[(*path, k, "__key__")] = key.start_mark.line + 1
+            out[(*path, k, "__key__")] = (filename, key.start_mark.line + 1)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _walk(item, (*path, i), out)
+            _walk(item, (*path, i), out, filename)
 
 
-def _line(lines: dict[Loc, int], loc: Loc) -> int:
-    """The line of the deepest prefix of ``loc`` present in the file."""
+def _where(lines: dict[Loc, Where], loc: Loc, default: str) -> Where:
+    """File and line of the deepest prefix of ``loc`` present in the files."""
     for end in range(len(loc), -1, -1):
         if (key := (*loc[:end], "__key__")) in lines and end == len(loc):
             return lines[key]
         if loc[:end] in lines:
             return lines[loc[:end]]
-    return 1
+    return default, 1
+
+
+def _read_yaml(text: str, filename: str) -> tuple[dict[str, Any], dict[Loc, Where]]:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise PolicyError([(filename, line, f"YAML syntax: {reason}")]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise PolicyError([(filename, 1, "the policy must be a mapping at the top level")])
+    lines: dict[Loc, Where] = {}
+    if node is not None:
+        _walk(node, (), lines, filename)
+    return data, lines
+
+
+def _merge_includes(
+    data: dict[str, Any], lines: dict[Loc, Where], filename: str, base_dir: Path
+) -> None:
+    """Merge ``include:`` files (providers, models and keys only) into ``data``."""
+    includes = data.pop("include", [])
+    where = lines.get(("include",), (filename, 1))
+    if isinstance(includes, str):
+        includes = [includes]
+    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
+        raise PolicyError([(*where, "include: expected a file name or a list of them")])
+    problems: list[tuple[str, int, str]] = []
+    for i, name in enumerate(includes):
+        path = base_dir / name
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            line = lines.get(("include", i), where)[1]
+            problems.append((filename, line, f"include.{i}: cannot read {path}: {exc.strerror}"))
+            continue
+        inc, inc_lines = _read_yaml(text, str(path))
+        for key in inc:
+            if key not in SECTIONS:
+                line = inc_lines[(key, "__key__")][1]
+                problems.append(
+                    (
+                        str(path),
+                        line,
+                        f"{key}: an included file may only hold providers, models and keys",
+                    )
+                )
+        for section in SECTIONS:
+            entries = inc.get(section) or {}
+            if not isinstance(entries, dict):
+                problems.append(
+                    (str(path), inc_lines[(section,)][1], f"{section}: expected a mapping")
+                )
+                continue
+            target = data.setdefault(section, {})
+            if not isinstance(target, dict):
+                continue  # the schema pass reports the main file's shape
+            for entry, value in entries.items():
+                if entry in target:
+                    first = _where(lines, (section, entry), filename)
+                    line = inc_lines[(section, entry, "__key__")][1]
+                    problems.append(
+                        (
+                            str(path),
+                            line,
+                            f"{section}.{entry}: already defined at {first[0]}:{first[1]}",
+                        )
+                    )
+                    continue
+                target[entry] = value
+                for loc, w in inc_lines.items():
+                    if loc[:2] == (section, entry):
+                        lines[loc] = w
+    if problems:
+        raise PolicyError(_ordered(problems, filename))
 
 
 def _clean_loc(loc: tuple[Any, ...]) -> Loc:
@@ -60,23 +143,15 @@ def _loc_text(loc: Loc) -> str:
     return ".".join(str(p) for p in loc) or "(top level)"
 
 
-def parse_policy(text: str, filename: str = "<policy>") -> Policy:
-    """Validate policy text; raise :class:`PolicyError` listing every problem."""
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else 1
-        reason = getattr(exc, "problem", None) or str(exc)
-        raise PolicyError([(filename, line, f"YAML syntax: {reason}")]) from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise PolicyError([(filename, 1, "the policy must be a mapping at the top level")])
-    lines: dict[Loc, int] = {}
-    if node is not None:
-        _walk(node, (), lines)
+def parse_policy(text: str, filename: str = "<policy>", base_dir: Path | None = None) -> Policy:
+    """Validate policy text; raise :class:`PolicyError` listing every problem.
+
+    ``include:`` (a file or a list, relative to ``base_dir``) merges the
+    providers, models and keys of other files; a name defined twice is an error.
+    """
+    data, lines = _read_yaml(text, filename)
+    if "include" in data:
+        _merge_includes(data, lines, filename, base_dir or Path.cwd())
     try:
         policy = Policy.model_validate(data)
     except ValidationError as exc:
@@ -86,15 +161,19 @@ def parse_policy(text: str, filename: str = "<policy>") -> Policy:
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = f"unknown field {loc[-1]!r}" if loc else msg
-            problems.append((filename, _line(lines, loc), f"{_loc_text(loc)}: {msg}"))
-        raise PolicyError(sorted(set(problems), key=lambda p: p[1])) from None
+            problems.append((*_where(lines, loc, filename), f"{_loc_text(loc)}: {msg}"))
+        raise PolicyError(_ordered(set(problems), filename)) from None
     problems = [
-        (filename, _line(lines, loc), f"{_loc_text(loc)}: {reason}")
+        (*_where(lines, loc, filename), f"{_loc_text(loc)}: {reason}")
         for loc, reason in cross_check(policy)
     ]
     if problems:
-        raise PolicyError(sorted(problems, key=lambda p: p[1]))
+        raise PolicyError(_ordered(problems, filename))
     return policy
+
+
+def _ordered(problems: Iterable[tuple[str, int, str]], main: str) -> list[tuple[str, int, str]]:
+    return sorted(problems, key=lambda p: (p[0] != main, p[0], p[1]))
 
 
 def load_policy(path: str | Path) -> Policy:
@@ -104,7 +183,7 @@ def load_policy(path: str | Path) -> Policy:
         text = p.read_text()
     except OSError as exc:
         raise PolicyError([(str(p), 1, f"cannot read file: {exc.strerror}")]) from None
-    return parse_policy(text, str(p))
+    return parse_policy(text, str(p), p.parent)
 
 
 def cross_check(policy: Policy) -> Iterator[tuple[Loc, str]]:
