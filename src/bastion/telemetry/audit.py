@@ -28,7 +28,7 @@ import hashlib
 import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import IO, Any, Protocol
 
 import orjson
@@ -151,7 +151,7 @@ def content_hash(event: AuditEvent) -> str:
 
 def chain(prev_hash: str, seq: int, draft: AuditDraft) -> AuditEvent:
     """Number ``draft`` as ``seq`` and link it to ``prev_hash``."""
-    h = event_hash(
+    unhashed = AuditEvent(
         seq=seq,
         ts=draft.ts,
         kind=draft.kind,
@@ -160,18 +160,9 @@ def chain(prev_hash: str, seq: int, draft: AuditDraft) -> AuditEvent:
         request_id=draft.request_id,
         data=draft.data,
         prev_hash=prev_hash,
+        hash="",
     )
-    return AuditEvent(
-        seq=seq,
-        ts=draft.ts,
-        kind=draft.kind,
-        actor=draft.actor,
-        tenant=draft.tenant,
-        request_id=draft.request_id,
-        data=draft.data,
-        prev_hash=prev_hash,
-        hash=h,
-    )
+    return replace(unhashed, hash=content_hash(unhashed))
 
 
 def chain_all(

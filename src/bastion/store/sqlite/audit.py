@@ -23,8 +23,7 @@ from typing import Any
 
 import orjson
 
-from bastion.core.errors import InvalidRequest
-from bastion.store.sqlite.db import connect, require_current
+from bastion.store.sqlite.db import open_current
 from bastion.telemetry.audit import GENESIS_HASH, AuditDraft, AuditEvent, chain
 
 _COLS = "seq, ts, kind, actor, tenant, request_id, data, prev_hash, hash"
@@ -72,12 +71,7 @@ class SqliteAuditStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._conn = connect(path)
-        try:
-            require_current(self._conn, path)
-        except InvalidRequest:
-            self._conn.close()
-            raise
+        self._conn = open_current(path)
         self._lock = threading.Lock()
 
     def append(self, drafts: Sequence[AuditDraft]) -> list[AuditEvent]:

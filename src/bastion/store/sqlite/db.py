@@ -72,6 +72,17 @@ def require_current(conn: sqlite3.Connection, path: Path) -> None:
         )
 
 
+def open_current(path: Path) -> sqlite3.Connection:
+    """A connection to a database at the current schema (closed again if it is not)."""
+    conn = connect(path)
+    try:
+        require_current(conn, path)
+    except InvalidRequest:
+        conn.close()
+        raise
+    return conn
+
+
 def upgrade(path: Path) -> tuple[int, int]:
     """Apply pending migrations; returns ``(from_version, to_version)``."""
     conn = connect(path)

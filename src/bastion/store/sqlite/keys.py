@@ -25,7 +25,7 @@ from bastion.store.sqlite.db import (
     SCHEMA_VERSION,
     connect,
     current_version,
-    require_current,
+    open_current,
     upgrade,
 )
 
@@ -62,12 +62,7 @@ class SqliteKeyStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._conn = connect(path)
-        try:
-            require_current(self._conn, path)
-        except InvalidRequest:
-            self._conn.close()
-            raise
+        self._conn = open_current(path)
         self._lock = threading.Lock()
         self._local_changes = 0
 
