@@ -25,7 +25,15 @@ RANK = {
     "evals": 7,
 }
 ROOTS = {"api", "cli", "testing"}
-PORTS = {"bastion.gateway.auth", "bastion.telemetry.audit"}  # port modules the store may implement
+PORTS = {  # port modules the store may implement
+    "bastion.gateway.auth",
+    "bastion.gateway.tenancy",
+    "bastion.gateway.quota",
+    "bastion.gateway.cache_store",
+    "bastion.telemetry.audit",
+    "bastion.telemetry.usage",
+    "bastion.telemetry.payloads",
+}
 
 
 def imports(path: Path) -> set[str]:

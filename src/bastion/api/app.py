@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bastion.api import routes_anthropic, routes_openai, routes_ops
+from bastion.api import routes_admin, routes_anthropic, routes_openai, routes_ops
 from bastion.api.errors import error_headers, to_error
 from bastion.api.exchange import Exchange
 from bastion.api.http import Receive, Request, Scope, Send, dumps, send_json
+from bastion.api.metering import Meter, Queues
 from bastion.config.loader import load_policy
 from bastion.core.errors import BastionError, NotFound, PermissionDenied, PolicyError
 from bastion.gateway.auth import Principal, bearer
@@ -38,6 +39,16 @@ log = logging.getLogger("bastion.api")
 
 Handler = Callable[["BastionApp", Exchange], Awaitable[None]]
 _RID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+@dataclass(slots=True)
+class Stores:
+    """The stores the admin API reads (None where this server has none)."""
+
+    usage: Any = None
+    audit: Any = None
+    payloads: Any = None
+    closers: tuple[Callable[[], Any], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,13 +66,24 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("GET", "/healthz"): Route("healthz", routes_ops.healthz),
     ("GET", "/readyz"): Route("readyz", routes_ops.readyz),
     ("GET", "/metrics"): Route("metrics", routes_ops.metrics),
-    ("GET", "/admin/keys"): Route("admin", routes_ops.list_keys),
-    ("POST", "/admin/keys"): Route("admin", routes_ops.create_key),
+    ("GET", "/admin/keys"): Route("admin", routes_admin.list_keys),
+    ("POST", "/admin/keys"): Route("admin", routes_admin.create_key),
+    ("GET", "/admin/tenants"): Route("admin", routes_admin.list_tenants),
+    ("POST", "/admin/tenants"): Route("admin", routes_admin.create_tenant),
+    ("GET", "/admin/teams"): Route("admin", routes_admin.list_teams),
+    ("POST", "/admin/teams"): Route("admin", routes_admin.create_team),
+    ("GET", "/admin/budgets"): Route("admin", routes_admin.list_budgets),
+    ("POST", "/admin/budgets"): Route("admin", routes_admin.set_budget),
+    ("GET", "/admin/usage"): Route("admin", routes_admin.usage),
+    ("GET", "/admin/audit"): Route("admin", routes_admin.audit_events),
     ("POST", "/admin/policy/reload"): Route("admin", routes_ops.reload_policy),
 }
 PREFIX_ROUTES: list[tuple[str, str, Route]] = [
     ("GET", "/v1/models/", Route("models", routes_openai.models)),
-    ("DELETE", "/admin/keys/", Route("admin", routes_ops.revoke_key)),
+    ("DELETE", "/admin/keys/", Route("admin", routes_admin.revoke_key)),
+    ("DELETE", "/admin/budgets/", Route("admin", routes_admin.delete_budget)),
+    ("GET", "/admin/tenants/", Route("admin", routes_admin.tenant_item)),
+    ("PATCH", "/admin/tenants/", Route("admin", routes_admin.tenant_item)),
 ]
 _UNTRACKED = {"healthz", "readyz", "metrics"}
 
@@ -78,6 +100,8 @@ class BastionApp:
         policy_path: Path | None = None,
         key_refresh_s: float = 1.0,
         audit: BatchQueue[AuditDraft] | None = None,
+        meter: Meter | None = None,
+        stores: Stores | None = None,
     ) -> None:
         self.gateway = gateway
         self.metrics = metrics
@@ -87,6 +111,14 @@ class BastionApp:
         self._tasks: list[asyncio.Task[None]] = []
         self.access_log = AccessLog()
         self.audit_queue = audit
+        self.stores = stores or Stores()
+        if meter is None:
+            from bastion.gateway.governance import Governor
+            from bastion.gateway.quota import MemoryCounters
+
+            meter = Meter(gateway, Governor(MemoryCounters()), metrics, Queues(audit=audit))
+        self.meter = meter
+        gateway.governor = meter.governor
         self.started_at = time.time()
 
     @property
@@ -133,6 +165,11 @@ class BastionApp:
                 await self._send_error(ex, err, anthropic=bool(route and route.anthropic))
         finally:
             in_flight.dec()
+            if ex.principal is not None:
+                try:
+                    await self.meter.finish(ex)
+                except Exception:
+                    log.exception("recording the request failed")
             if ex.endpoint not in _UNTRACKED:
                 self._record(ex)
 
@@ -227,9 +264,12 @@ class BastionApp:
         # the collector's generations so collections stay short (tail latency).
         gc.collect()
         gc.freeze()
-        if self.audit_queue is not None:
-            self.audit_queue.start()
+        for q in self._queues():
+            q.start()
+        await self.seed_budgets()
         self._tasks.append(asyncio.create_task(self._refresh_keys_loop()))
+        if self.stores.payloads is not None:
+            self._tasks.append(asyncio.create_task(self._purge_loop()))
         if self.policy_path is not None:
             self._tasks.append(asyncio.create_task(self._watch_policy()))
 
@@ -238,23 +278,82 @@ class BastionApp:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.gateway.aclose()
-        if self.audit_queue is not None:
-            await self.audit_queue.drain()
+        # usage first: draining it may still add nothing, but audit and payload
+        # rows of the last requests must land too
+        for q in self._queues():
+            await q.drain()
+        if self.meter.cache is not None:
+            await self.meter.cache.aclose()
+        await self.meter.governor.counters.aclose()
+        for close in self.stores.closers:
+            try:
+                close()
+            except Exception:
+                log.exception("closing a store failed")
         self.access_log.flush()
         self.tracing.shutdown()
+
+    def _queues(self) -> list[BatchQueue[Any]]:
+        q = self.meter.queues
+        out: list[BatchQueue[Any]] = [x for x in (q.usage, q.payloads) if x is not None]
+        if self.audit_queue is not None:
+            out.append(self.audit_queue)
+        return out
+
+    async def _purge_loop(self, every_s: float = 3600.0) -> None:
+        """Delete request content older than the logging policy's retention."""
+        while True:
+            days = self.gateway.rt.policy.governance.logging.retention_days
+            if days is not None:
+                try:
+                    n = await asyncio.to_thread(
+                        self.stores.payloads.purge, time.time() - days * 86400
+                    )
+                    if n:
+                        event(log, "purged request content", rows=n, retention_days=days)
+                except Exception:
+                    log.exception("payload purge failed")
+            await asyncio.sleep(every_s)
 
     async def _refresh_keys_loop(self) -> None:
         while True:
             await asyncio.sleep(self.key_refresh_s)
             try:
-                self.gateway.refresh_keys()
+                await asyncio.to_thread(self.gateway.refresh_keys)
             except Exception:
                 log.exception("key refresh failed")
+            for q in self._queues():
+                self.metrics.queue_depth.labels(q.name).set(q.pending)
+                self.metrics.queue_refused.labels(q.name).set(q.refused)
 
-    async def audit(self, kind: str, actor: str | None, **data: Any) -> None:
+    async def audit(
+        self, kind: str, actor: str | None, tenant: str | None = None, **data: Any
+    ) -> None:
         """Record an admin action in the audit log (batched, off the request path)."""
         if self.audit_queue is not None:
-            await self.audit_queue.put(AuditDraft(kind=kind, actor=actor, data=data))
+            await self.audit_queue.put(AuditDraft(kind=kind, actor=actor, tenant=tenant, data=data))
+
+    async def seed_budgets(self) -> None:
+        """Start missing budget counters from the usage rows of their period.
+
+        A counter is missing after a restart (embedded mode), a Redis flush or
+        at a new period; ``seed`` sets it only when absent, so a counter that
+        replicas are already sharing is never overwritten.
+        """
+        store, usage = self.gateway.keystore, self.stores.usage
+        if store is None or usage is None:
+            return
+        try:
+            budgets = await asyncio.to_thread(store.list_budgets)
+            governor = self.meter.governor
+            for b in budgets:
+                since = governor.period_start(b.period)
+                spent_usd, spent_tokens = await asyncio.to_thread(
+                    usage.spent, b.scope, b.scope_id, since
+                )
+                await governor.seed(b, spent_usd, spent_tokens)
+        except Exception:
+            log.exception("seeding budget counters failed")
 
     async def reload_policy(self, actor: str | None = "policy-watch") -> tuple[bool, list[str]]:
         """Load the policy file again; keep the old one on any error."""

@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 
 from bastion.api.http import SSE_HEADERS, Request, Send, send_json
 from bastion.core.types import JSON, usage_of
+from bastion.gateway.auth import Principal
+from bastion.gateway.cache import Lookup, StreamAssembler
+from bastion.gateway.governance import Ticket
 from bastion.gateway.router import Deployment
 from bastion.providers.base import CallContext
 
@@ -34,6 +37,20 @@ class Exchange:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     request_attrs: dict[str, object] = field(default_factory=dict)
+    # governance (set by bastion.api.metering)
+    principal: Principal | None = None
+    dep: Deployment | None = None
+    tags: tuple[str, ...] = ()
+    ticket: Ticket | None = None
+    look: Lookup | None = None
+    cache: str | None = None  # "hit" | "miss" | None (not cached)
+    cache_write: bool = True
+    cost_micro: int | None = None
+    cached_tokens: int = 0
+    prompt_estimate: int = 0
+    assembler: StreamAssembler | None = None
+    completion: JSON | None = None
+    prompt_messages: list[JSON] | None = None
     ctx: CallContext = field(init=False)
 
     def __post_init__(self) -> None:
@@ -47,15 +64,29 @@ class Exchange:
         if self.deployment:
             h.append((b"x-bastion-deployment", self.deployment.encode()))
         h.append((b"x-bastion-overhead-ms", f"{self.overhead_s() * 1000:.3f}".encode()))
+        h.extend(self.governance_headers())
+        return h
+
+    def governance_headers(self) -> list[tuple[bytes, bytes]]:
+        h = []
+        if self.cache is not None:
+            h.append((b"x-bastion-cache", self.cache.encode()))
+        if self.cost_micro is not None:
+            h.append((b"x-bastion-cost-usd", f"{self.cost_micro / 1e6:.6f}".encode()))
+        if self.ticket is not None:
+            h.extend(self.ticket.headers)
         return h
 
     def add_usage(self, body: JSON | None) -> None:
         p, c = usage_of(body)
         if p or c:
             self.prompt_tokens, self.completion_tokens = p, c
+            details = (body or {}).get("usage", {}).get("prompt_tokens_details") or {}
+            self.cached_tokens = int(details.get("cached_tokens") or 0)
 
     def routed(self, deployment: Deployment) -> None:
         """Record which deployment answered."""
+        self.dep = deployment
         self.deployment, self.provider = deployment.id, deployment.provider.name
 
     async def start_sse(self) -> None:

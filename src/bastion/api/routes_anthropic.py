@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from bastion.api.errors import to_error
 from bastion.api.exchange import Exchange
 from bastion.api.http import dumps, sse_event
-from bastion.api.routes_openai import relay_until_disconnect
+from bastion.api.routes_openai import relay_until_disconnect, replay
 from bastion.core.types import JSON
 from bastion.providers.anthropic_format import (
     MessagesStreamTranslator,
@@ -33,6 +33,15 @@ async def messages(app: BastionApp, ex: Exchange) -> None:
     req = messages_request_to_chat(body)
     ex.model = req.model
     plan = app.gateway.plan(principal, req.model, "chat")
+    await app.meter.admit_chat(ex, principal, plan, req)
+    ex.prompt_messages = [m.model_dump(exclude_none=True) for m in req.messages]
+    if ex.cache == "hit" and ex.completion is not None:
+        if req.stream:
+            ex.streamed = True
+            await _stream(ex, replay(ex.completion), req.model)
+        else:
+            await ex.respond(200, dumps(chat_to_message(ex.completion, req.model)))
+        return
     if req.stream:
         ex.streamed = True
         dep, chunks = await app.gateway.chat_stream(plan, req, ex.ctx)
@@ -43,6 +52,8 @@ async def messages(app: BastionApp, ex: Exchange) -> None:
     ex.routed(dep)
     ex.response_model = completion.get("model")
     ex.add_usage(completion)
+    ex.completion = completion
+    app.meter.price(ex)
     await ex.respond(200, dumps(chat_to_message(completion, req.model)))
 
 
@@ -61,6 +72,8 @@ async def _stream(ex: Exchange, chunks: AsyncIterator[JSON], model: str) -> None
     async def relay() -> None:
         try:
             async for chunk in chunks:
+                if ex.assembler is not None:
+                    ex.assembler.feed(chunk)
                 if chunk.get("usage"):
                     ex.add_usage(chunk)
                 await out(translator.feed(chunk))

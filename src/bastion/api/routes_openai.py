@@ -11,6 +11,7 @@ from bastion.api.exchange import Exchange
 from bastion.api.http import dumps, sse_data, wait_disconnect
 from bastion.core.errors import ModelNotFound
 from bastion.core.types import JSON, ChatRequest, EmbeddingRequest
+from bastion.gateway.cache import completion_chunks
 
 if TYPE_CHECKING:
     from bastion.api.app import BastionApp
@@ -30,20 +31,39 @@ async def chat_completions(app: BastionApp, ex: Exchange) -> None:
     ex.model = req.model
     ex.request_attrs = _request_attrs(req)
     plan = app.gateway.plan(principal, req.model, "chat")
+    await app.meter.admit_chat(ex, principal, plan, req)
+    ex.prompt_messages = [m.model_dump(exclude_none=True) for m in req.messages]
+    if ex.cache == "hit" and ex.completion is not None:
+        if req.stream:
+            ex.streamed = True
+            await stream_sse(app, ex, replay(ex.completion), include_usage=req.include_usage())
+        else:
+            await ex.respond(200, dumps(ex.completion))
+        return
     if req.stream:
         ex.streamed = True
         dep, chunks = await app.gateway.chat_stream(plan, req, ex.ctx)
         ex.routed(dep)
-        await stream_sse(ex, chunks, include_usage=req.include_usage())
+        await stream_sse(app, ex, chunks, include_usage=req.include_usage())
         return
     dep, body = await app.gateway.chat(plan, req, ex.ctx)
     ex.routed(dep)
     ex.response_model = body.get("model")
     ex.add_usage(body)
+    ex.completion = body
+    app.meter.price(ex)
     await ex.respond(200, dumps(body))
 
 
-async def stream_sse(ex: Exchange, chunks: AsyncIterator[JSON], *, include_usage: bool) -> None:
+async def replay(completion: JSON) -> AsyncIterator[JSON]:
+    """A cached completion as a stream of chunks."""
+    for chunk in completion_chunks(completion):
+        yield chunk
+
+
+async def stream_sse(
+    app: BastionApp, ex: Exchange, chunks: AsyncIterator[JSON], *, include_usage: bool
+) -> None:
     """Relay chunks as SSE; end with ``[DONE]``, or an error event if the upstream dies.
 
     The upstream is asked for usage always; the usage-only chunk reaches the
@@ -53,14 +73,20 @@ async def stream_sse(ex: Exchange, chunks: AsyncIterator[JSON], *, include_usage
     send = ex.send
     await ex.start_sse()
 
+    assembler = ex.assembler
+
     async def relay() -> None:
         try:
             async for chunk in chunks:
+                if assembler is not None:
+                    assembler.feed(chunk)
                 if chunk.get("usage"):
                     ex.add_usage(chunk)
                     if not chunk.get("choices"):
                         if not include_usage:
                             continue
+                        # the cost is known once usage is: report it with the usage
+                        chunk = {**chunk, "usage": {**chunk["usage"], "cost_usd": cost(app, ex)}}
                     elif not include_usage:
                         chunk = {k: v for k, v in chunk.items() if k != "usage"}
                 if ex.response_model is None:
@@ -75,6 +101,10 @@ async def stream_sse(ex: Exchange, chunks: AsyncIterator[JSON], *, include_usage
             await send({"type": "http.response.body", "body": sse_data(err.to_body())})
 
     await relay_until_disconnect(ex, relay(), chunks)
+
+
+def cost(app: BastionApp, ex: Exchange) -> float:
+    return app.meter.price(ex) / 1e6
 
 
 async def relay_until_disconnect(
@@ -104,9 +134,11 @@ async def embeddings(app: BastionApp, ex: Exchange) -> None:
     req = parse(EmbeddingRequest.model_validate, await ex.req.json(app.max_body))
     ex.model = req.model
     plan = app.gateway.plan(principal, req.model, "embedding")
+    await app.meter.admit_embed(ex, principal, plan, req.texts())
     dep, body = await app.gateway.embed(plan, req, ex.ctx)
     ex.routed(dep)
     ex.add_usage(body)
+    app.meter.price(ex)
     await ex.respond(200, dumps(body))
 
 

@@ -213,6 +213,18 @@ def cross_check(policy: Policy) -> Iterator[tuple[Loc, str]]:
                 yield loc, f"{fb!r} is neither a model nor a provider"
             elif not _has_default(policy, fb):
                 yield loc, f"provider {fb!r} has no default_model to fall back to"
+        cache = model.cache
+        if cache is not None:
+            if model.type != "chat":
+                yield ("models", name, "cache"), "only chat models can be cached"
+            sem = cache.semantic
+            if sem is not None:
+                target = policy.models.get(sem.embedding_model)
+                if target is None or target.type != "embedding":
+                    yield (
+                        ("models", name, "cache", "semantic", "embedding_model"),
+                        f"{sem.embedding_model!r} is not an embedding model of this policy",
+                    )
     for name in policy.models:
         if _has_cycle(policy, name):
             yield ("models", name, "fallbacks"), "fallback chain loops back to this model"

@@ -56,6 +56,10 @@ class RouteConfig(Strict):
     provider: str
     model: str | None = Field(default=None, description="Provider-side model name.")
     weight: float = Field(default=1.0, gt=0)
+    rpm: int | None = Field(
+        default=None, ge=1, description="Requests per minute at this deployment."
+    )
+    tpm: int | None = Field(default=None, ge=1, description="Tokens per minute at this deployment.")
 
 
 class TimeoutConfig(Strict):
@@ -86,6 +90,21 @@ class BreakerConfig(Strict):
 FallbackRef = Annotated[str, Field(pattern=NAME)] | RouteConfig
 
 
+class SemanticCacheConfig(Strict):
+    embedding_model: str = Field(description="An embedding model alias of this policy.")
+    threshold: float = Field(default=0.95, gt=0, le=1, description="Cosine similarity for a hit.")
+
+
+class CacheConfig(Strict):
+    """Response caching for a chat model (scoped per tenant)."""
+
+    exact: bool = Field(default=True, description="Cache identical requests.")
+    ttl_s: float = Field(default=3600.0, gt=0)
+    semantic: SemanticCacheConfig | None = Field(
+        default=None, description="Also answer similar single-turn requests (opt-in)."
+    )
+
+
 class ModelConfig(Strict):
     """A model alias callers use, and how it is served."""
 
@@ -101,6 +120,7 @@ class ModelConfig(Strict):
     timeouts: TimeoutConfig = Field(default_factory=TimeoutConfig)
     retries: RetryConfig = Field(default_factory=RetryConfig)
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    cache: CacheConfig | None = Field(default=None, description="Off unless given.")
     description: str | None = None
 
 
@@ -110,13 +130,54 @@ class KeyConfig(Strict):
     secret: SecretRef | None = None
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     models: list[str] = Field(default_factory=lambda: ["*"])
-    admin: bool = False
+    admin: bool = Field(default=False, description="A platform admin (no tenant).")
+    role: Literal["admin", "developer", "viewer"] | None = None
+    tenant: str | None = Field(default=None, description="Tenant name (default: 'default').")
+    team: str | None = Field(default=None, description="Team name within the tenant.")
+    rpm: int | None = Field(default=None, ge=0)
+    tpm: int | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _one_secret(self) -> KeyConfig:
         if (self.secret is None) == (self.sha256 is None):
             raise ValueError("give exactly one of secret (env:NAME) or sha256")
+        if self.admin and (self.tenant or self.team or self.role not in (None, "admin")):
+            raise ValueError("a platform admin key (admin: true) has no tenant, team or other role")
         return self
+
+
+class PriceConfig(Strict):
+    """USD per million tokens."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cached_input: float | None = Field(default=None, ge=0, description="Default: input.")
+
+
+class LoggingRuleConfig(Strict):
+    mode: Literal["none", "metadata", "redacted", "full"]
+    tenant: str = Field(default="*", description="Tenant name or glob.")
+    model: str = Field(default="*", description="Model alias or glob.")
+
+
+class LoggingConfig(Strict):
+    """What the audit log keeps of each request (first matching rule wins)."""
+
+    default: Literal["none", "metadata", "redacted", "full"] = "metadata"
+    rules: list[LoggingRuleConfig] = Field(default_factory=list)
+    retention_days: float | None = Field(
+        default=30.0, gt=0, description="Prompts and completions are purged after this."
+    )
+
+
+class GovernanceConfig(Strict):
+    default_max_tokens: int = Field(
+        default=1024,
+        ge=1,
+        description="Output tokens reserved against budgets and TPM when a request sets none.",
+    )
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    queue_size: int = Field(default=10_000, ge=10, description="Usage/audit rows held in memory.")
 
 
 class ServerConfig(Strict):
@@ -142,3 +203,8 @@ class Policy(Strict):
     keys: dict[Annotated[str, Field(pattern=NAME)], KeyConfig] = Field(default_factory=dict)
     server: ServerConfig = Field(default_factory=ServerConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    pricing: dict[str, PriceConfig] = Field(
+        default_factory=dict,
+        description="Prices by provider model name or 'provider/model' (over the built-in table).",
+    )
+    governance: GovernanceConfig = Field(default_factory=GovernanceConfig)

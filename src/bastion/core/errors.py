@@ -124,6 +124,14 @@ class RateLimited(BastionError):
     type = "rate_limit_error"
 
 
+class BudgetExceeded(BastionError):
+    """A hard budget would be passed; retrying will not help until the period ends."""
+
+    status = 429
+    code = "budget_exceeded"
+    type = "insufficient_quota"
+
+
 class Overloaded(BastionError):
     status = 503
     code = "overloaded"
@@ -178,6 +186,15 @@ class UpstreamRateLimited(UpstreamFailure):
     status = 429
     code = "upstream_rate_limited"
     type = "rate_limit_error"
+
+
+class DeploymentQuotaExceeded(UpstreamRateLimited):
+    """A deployment's own RPM/TPM quota (from the policy) is used up this minute.
+
+    Raised before any call is made; the router moves on to the next route.
+    """
+
+    code = "deployment_quota_exceeded"
 
 
 class UpstreamTimeout(UpstreamFailure):

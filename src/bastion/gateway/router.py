@@ -32,6 +32,7 @@ from bastion.config.schema import RetryConfig
 from bastion.core.errors import (
     AllRoutesFailed,
     BastionError,
+    DeploymentQuotaExceeded,
     NoHealthyDeployment,
     Overloaded,
     UpstreamClientError,
@@ -80,6 +81,8 @@ class Deployment:
     weight: float
     breaker: CircuitBreaker
     latency: Ewma = field(default_factory=Ewma)
+    rpm: int | None = None
+    tpm: int | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -186,6 +189,12 @@ class Router:
                 t0 = loop.time()
                 try:
                     result = await fn(dep, owner.timeouts)
+                except DeploymentQuotaExceeded as exc:
+                    dep.breaker.release()
+                    failures.append(exc)
+                    if obs is not None:
+                        obs.attempt(dep.id, exc.code, loop.time() - t0)
+                    break
                 except UpstreamClientError as exc:
                     dep.breaker.release()
                     exc.deployment = dep.id

@@ -15,11 +15,14 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 
 from bastion.config.schema import ModelConfig, Policy, ProviderConfig, RouteConfig
-from bastion.core.errors import InvalidRequest, ModelNotFound
+from bastion.core.errors import DeploymentQuotaExceeded, InvalidRequest, ModelNotFound
 from bastion.core.secrets import hash_key, resolve
 from bastion.core.types import JSON, ChatRequest, EmbeddingRequest
-from bastion.gateway.auth import KeyRecord, KeyRing, KeyStore, Principal
+from bastion.gateway.auth import KeyRecord, KeyRing, Principal
 from bastion.gateway.breaker import CircuitBreaker
+from bastion.gateway.directory import build_ring
+from bastion.gateway.governance import Governor
+from bastion.gateway.pricing import Price, PriceBook
 from bastion.gateway.router import (
     Deployment,
     Ewma,
@@ -28,6 +31,7 @@ from bastion.gateway.router import (
     RouterObserver,
     breaker_listener,
 )
+from bastion.gateway.tenancy import DEFAULT_TENANT, GovernanceStore
 from bastion.providers import registry
 from bastion.providers.base import CallContext, Provider, Timeouts
 
@@ -42,6 +46,45 @@ class Runtime:
     providers: dict[str, tuple[ProviderConfig, Provider]]
     plans: dict[str, ModelPlan]
     deployments: dict[str, Deployment] = field(default_factory=dict)
+    prices: PriceBook = field(default_factory=PriceBook)
+    _reserve: dict[str, Price | None] = field(default_factory=dict)
+
+    def price(self, dep: Deployment) -> Price | None:
+        """The price of a deployment (None: priced nowhere)."""
+        return self.prices.lookup(dep.provider.name, dep.model)
+
+    def reserve_price(self, plan: ModelPlan) -> Price | None:
+        """The dearest price among a plan's deployments and fallbacks (for reservations)."""
+        if plan.alias in self._reserve:
+            return self._reserve[plan.alias]
+        prices: list[Price] = []
+        seen: set[str] = set()
+
+        def walk(p: ModelPlan) -> None:
+            if p.alias in seen:
+                return
+            seen.add(p.alias)
+            for d in p.deployments:
+                if (pr := self.price(d)) is not None:
+                    prices.append(pr)
+            for fb in p.fallbacks:
+                if isinstance(fb, ModelPlan):
+                    walk(fb)
+                elif (pr := self.price(fb)) is not None:
+                    prices.append(pr)
+
+        walk(plan)
+        best = (
+            Price(
+                max(p.input for p in prices),
+                max(p.output for p in prices),
+                max(p.input if p.cached_input is None else p.cached_input for p in prices),
+            )
+            if prices
+            else None
+        )
+        self._reserve[plan.alias] = best
+        return best
 
 
 def policy_keys(policy: Policy) -> list[KeyRecord]:
@@ -56,7 +99,15 @@ def policy_keys(policy: Policy) -> list[KeyRecord]:
             digest = hash_key(secret.reveal())
         out.append(
             KeyRecord(
-                id=f"policy:{name}", name=name, hash=digest, models=tuple(k.models), admin=k.admin
+                id=f"policy:{name}",
+                name=name,
+                hash=digest,
+                models=tuple(k.models),
+                role="admin" if k.admin else k.role,
+                tenant_id=None if k.admin else (k.tenant or DEFAULT_TENANT),
+                team_id=k.team,
+                rpm=k.rpm,
+                tpm=k.tpm,
             )
         )
     return out
@@ -83,17 +134,18 @@ class Gateway:
         policy: Policy,
         *,
         observer: RouterObserver | None = None,
-        keystore: KeyStore | None = None,
+        keystore: GovernanceStore | None = None,
         extra_keys: Iterable[KeyRecord] = (),
         factories: dict[str, registry.Factory] | None = None,
     ) -> None:
         self.observer = observer
         self.router = Router(observer)
         self.keystore = keystore
+        self.governor: Governor | None = None
         self.extra_keys = list(extra_keys)
         self._factories = factories
         self._keys_version = -1
-        self.keyring = KeyRing()
+        self.keyring = KeyRing({})
         self.rt = self._build(policy, None)
         self._policy_keys = policy_keys(policy)
         self.refresh_keys(force=True)
@@ -129,10 +181,17 @@ class Gateway:
                     listener = breaker_listener(self.observer, dep_id)
                     breaker, latency = CircuitBreaker(model.breaker, on_change=listener), Ewma()
                 shared = deployments[dep_id] = Deployment(
-                    dep_id, provider, target, route.weight, breaker, latency
+                    dep_id, provider, target, route.weight, breaker, latency, route.rpm, route.tpm
                 )
             return Deployment(
-                dep_id, provider, target, route.weight, shared.breaker, shared.latency
+                dep_id,
+                provider,
+                target,
+                route.weight,
+                shared.breaker,
+                shared.latency,
+                route.rpm if route.rpm is not None else shared.rpm,
+                route.tpm if route.tpm is not None else shared.tpm,
             )
 
         for alias, m in policy.models.items():
@@ -152,7 +211,12 @@ class Gateway:
                     plans[alias].fallbacks.append(plans[fb])
                 else:
                     plans[alias].fallbacks.append(deployment(RouteConfig(provider=fb), m))
-        return Runtime(policy, providers, plans, deployments)
+        overrides = {
+            name: Price(p.input, p.output, p.cached_input) for name, p in policy.pricing.items()
+        }
+        free = frozenset(n for n, (cfg, _) in providers.items() if cfg.type in ("local", "fake"))
+        prices = PriceBook(overrides, free_providers=free)
+        return Runtime(policy, providers, plans, deployments, prices)
 
     async def apply(self, policy: Policy) -> None:
         """Swap in a new policy; close providers it no longer uses."""
@@ -178,11 +242,9 @@ class Gateway:
         version = self.keystore.version() if self.keystore is not None else 0
         if not force and version == self._keys_version:
             return False
-        records = self.extra_keys + self._policy_keys
-        if self.keystore is not None:
-            records += self.keystore.list()
-        self.keyring = KeyRing(records)
-        self._keys_version = version
+        snapshot = self.keystore.snapshot() if self.keystore is not None else None
+        self.keyring = build_ring(snapshot, self.extra_keys + self._policy_keys)
+        self._keys_version = snapshot.version if snapshot is not None else version
         return True
 
     def authenticate(self, token: str | None) -> Principal:
@@ -213,6 +275,7 @@ class Gateway:
         self, plan: ModelPlan, req: ChatRequest, ctx: CallContext
     ) -> tuple[Deployment, JSON]:
         async def call(dep: Deployment, timeouts: Timeouts) -> JSON:
+            await self._quota(dep, ctx)
             ctx.timeouts = timeouts
             return await dep.provider.chat(req, dep.model, ctx)
 
@@ -221,9 +284,11 @@ class Gateway:
     async def chat_stream(
         self, plan: ModelPlan, req: ChatRequest, ctx: CallContext
     ) -> tuple[Deployment, AsyncIterator[JSON]]:
-        def open_stream(dep: Deployment, timeouts: Timeouts) -> AsyncIterator[JSON]:
+        async def open_stream(dep: Deployment, timeouts: Timeouts) -> AsyncIterator[JSON]:
+            await self._quota(dep, ctx)
             ctx.timeouts = timeouts
-            return dep.provider.chat_stream(req, dep.model, ctx)
+            async for chunk in dep.provider.chat_stream(req, dep.model, ctx):
+                yield chunk
 
         return await self.router.stream(plan, open_stream, ctx)
 
@@ -231,7 +296,17 @@ class Gateway:
         self, plan: ModelPlan, req: EmbeddingRequest, ctx: CallContext
     ) -> tuple[Deployment, JSON]:
         async def call(dep: Deployment, timeouts: Timeouts) -> JSON:
+            await self._quota(dep, ctx)
             ctx.timeouts = timeouts
             return await dep.provider.embed(req, dep.model, ctx)
 
         return await self.router.call(plan, call, ctx)
+
+    async def _quota(self, dep: Deployment, ctx: CallContext) -> None:
+        """Take a request of a deployment's own RPM/TPM quota, or move on."""
+        if (dep.rpm is None and dep.tpm is None) or self.governor is None:
+            return
+        if not await self.governor.deployment(dep.id, dep.rpm, dep.tpm, ctx.tokens_estimate):
+            raise DeploymentQuotaExceeded(
+                f"deployment {dep.id} reached its per-minute quota", retry_after=60.0
+            )

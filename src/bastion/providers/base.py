@@ -47,6 +47,8 @@ class CallContext:
     request_id: str
     timeouts: Timeouts = field(default_factory=Timeouts)
     upstream_s: float = 0.0
+    tokens_estimate: int = 0
+    """Prompt plus output-cap tokens (checked against a deployment's TPM quota)."""
 
     def clock(self) -> float:
         return time.perf_counter()

@@ -101,6 +101,30 @@ class Metrics:
         self.policy_reloads = Counter(
             "bastion_policy_reloads", "Policy reloads by result", ["result"], registry=r
         )
+        self.cache_lookups = Counter(
+            "bastion_cache_lookups",
+            "Response cache lookups by result (exact, semantic, miss)",
+            ["model", "result"],
+            registry=r,
+        )
+        self.cost_usd = Counter(
+            "bastion_cost_usd", "Cost of requests in USD", ["model"], registry=r
+        )
+        self.unpriced_requests = Counter(
+            "bastion_unpriced_requests", "Requests to a model with no price", ["model"], registry=r
+        )
+        self.budget_alerts = Counter(
+            "bastion_budget_alerts", "Soft budgets passed, by scope", ["scope"], registry=r
+        )
+        self.queue_depth = Gauge(
+            "bastion_queue_depth", "Rows waiting to be written, by queue", ["queue"], registry=r
+        )
+        self.queue_refused = Gauge(
+            "bastion_queue_refused",
+            "Rows a full queue turned away, by queue",
+            ["queue"],
+            registry=r,
+        )
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def _child(self, metric: Any, *labels: str) -> Any:
@@ -126,6 +150,19 @@ class Metrics:
             self._child(self.tokens, model, "input").inc(prompt_tokens)
         if completion_tokens:
             self._child(self.tokens, model, "output").inc(completion_tokens)
+
+    def cache(self, model: str, result: str) -> None:
+        self._child(self.cache_lookups, model, result).inc()
+
+    def cost(self, model: str, usd: float) -> None:
+        if usd:
+            self._child(self.cost_usd, model).inc(usd)
+
+    def unpriced(self, model: str) -> None:
+        self._child(self.unpriced_requests, model).inc()
+
+    def budget_alert(self, scope: str) -> None:
+        self._child(self.budget_alerts, scope).inc()
 
     def first_token(self, model: str, seconds: float) -> None:
         self._child(self.ttft, model).observe(seconds)

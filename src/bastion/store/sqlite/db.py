@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bastion.core.errors import InvalidRequest
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE IF NOT EXISTS keys (
@@ -44,6 +44,88 @@ MIGRATIONS: dict[int, str] = {
         prev_hash TEXT NOT NULL,
         hash TEXT NOT NULL
     );
+    """,
+    3: """
+    CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    INSERT OR IGNORE INTO meta VALUES ('governance_version', 1);
+    CREATE TABLE IF NOT EXISTS tenants (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        models TEXT NOT NULL DEFAULT '["*"]',
+        rpm INTEGER,
+        tpm INTEGER,
+        created_at REAL NOT NULL
+    );
+    INSERT OR IGNORE INTO tenants (id, name, created_at) VALUES ('tnt_default', 'default', 0);
+    CREATE TABLE IF NOT EXISTS teams (
+        id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        name TEXT NOT NULL,
+        rpm INTEGER,
+        tpm INTEGER,
+        created_at REAL NOT NULL,
+        UNIQUE (tenant_id, name)
+    );
+    ALTER TABLE keys ADD COLUMN role TEXT;
+    ALTER TABLE keys ADD COLUMN tenant_id TEXT;
+    ALTER TABLE keys ADD COLUMN team_id TEXT;
+    ALTER TABLE keys ADD COLUMN owner TEXT;
+    ALTER TABLE keys ADD COLUMN rpm INTEGER;
+    ALTER TABLE keys ADD COLUMN tpm INTEGER;
+    UPDATE keys SET role = CASE WHEN admin = 1 THEN 'admin' END,
+                    tenant_id = CASE WHEN admin = 1 THEN NULL ELSE 'tnt_default' END;
+    CREATE TABLE IF NOT EXISTS budgets (
+        id TEXT PRIMARY KEY,
+        scope TEXT NOT NULL,
+        scope_id TEXT NOT NULL,
+        tenant_id TEXT NOT NULL,
+        period TEXT NOT NULL,
+        usd REAL,
+        tokens INTEGER,
+        mode TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        UNIQUE (scope, scope_id, period)
+    );
+    CREATE TABLE IF NOT EXISTS usage (
+        id TEXT PRIMARY KEY,
+        ts REAL NOT NULL,
+        request_id TEXT NOT NULL,
+        tenant_id TEXT,
+        team_id TEXT,
+        key_id TEXT,
+        model TEXT NOT NULL,
+        deployment TEXT,
+        provider TEXT,
+        endpoint TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        error_code TEXT,
+        prompt_tokens INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        cached_tokens INTEGER NOT NULL,
+        cost_usd REAL NOT NULL,
+        cache TEXT,
+        stream INTEGER NOT NULL,
+        estimated INTEGER NOT NULL,
+        latency_ms REAL NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS usage_ts ON usage(ts);
+    CREATE INDEX IF NOT EXISTS usage_tenant_ts ON usage(tenant_id, ts);
+    CREATE TABLE IF NOT EXISTS usage_tags (
+        usage_id TEXT NOT NULL,
+        tag TEXT NOT NULL,
+        PRIMARY KEY (usage_id, tag)
+    );
+    CREATE TABLE IF NOT EXISTS payloads (
+        request_id TEXT NOT NULL,
+        ts REAL NOT NULL,
+        tenant_id TEXT,
+        model TEXT NOT NULL,
+        mode TEXT NOT NULL,
+        prompt TEXT NOT NULL,
+        completion TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS payloads_ts ON payloads(ts);
+    CREATE INDEX IF NOT EXISTS payloads_rid ON payloads(request_id);
     """,
 }
 

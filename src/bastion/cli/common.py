@@ -1,0 +1,55 @@
+"""Shared CLI plumbing: options, consoles, and opening the configured database."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from bastion.core.errors import BastionError
+from bastion.core.settings import Settings
+from bastion.store.sql.database import Database, open_database
+from bastion.store.sqlite import db as sqlite_db
+
+# piped output (scripts, CI logs) gets full-width tables instead of 80 columns
+out = Console(width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True)
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", envvar="BASTION_DATA_DIR", help="Embedded-mode data directory."),
+]
+
+
+def settings(data_dir: Path | None) -> Settings:
+    return Settings.from_env(None, data_dir)
+
+
+def open_db(data_dir: Path | None) -> Database:
+    """The configured database (PostgreSQL when BASTION_DATABASE_URL is set)."""
+    s = settings(data_dir)
+    if s.database_url:
+        return open_database(s.database_url)
+    if not s.db_path.exists():
+        sqlite_db.upgrade(s.db_path)
+    return open_database(s.db_path)
+
+
+@contextmanager
+def errors_exit() -> Iterator[None]:
+    """Turn a Bastion error into a one-line message and exit status 1."""
+    try:
+        yield
+    except BastionError as exc:
+        err.print(f"error: {exc.message}", markup=False)
+        raise typer.Exit(1) from None
+
+
+def ts(v: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(v)) if v else "-"
