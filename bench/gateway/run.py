@@ -37,7 +37,17 @@ RESULTS_DIR = REPO / "bench" / "results"
 DEFAULT_BASTION = REPO / ".venv" / "bin" / "bastion"
 DEFAULT_LITELLM = REPO / "bench" / ".venv-litellm" / "bin" / "litellm"
 UPSTREAM_KEY = "sk-upstream-bench"
-ALL_TARGETS = ("bastion", "litellm", "nginx-proxy", "minimal")
+ALL_TARGETS = ("bastion", "bastion-gov", "bastion-gov-redis", "litellm", "nginx-proxy", "minimal")
+GOV_ADMIN_KEY = "bench-admin-key-not-the-bench-key"
+# governance on: the bench key is a tenant key with RPM/TPM limits (far above the load, so
+# every request passes through the counters without being refused), a daily budget, and
+# request events in the audit log (logging: metadata); usage rows go through the queue
+GOV_POLICY = """
+keys:
+  bench: {secret: "env:BENCH_KEY_SECRET", rpm: 100000000, tpm: 100000000000}
+governance:
+  logging: {default: metadata}
+"""
 
 
 class SkipTarget(Exception):
@@ -152,7 +162,8 @@ models:
     return policy
 
 
-def start_bastion(ctx: Ctx) -> Started:
+def start_bastion(ctx: Ctx, gov: str | None = None) -> Started:
+    """Bastion; ``gov`` ("embedded" or "redis") turns governance on for the bench key."""
     exe = Path(ctx.args.bastion_bin)
     if not exe.exists():
         raise SkipTarget(f"{exe} not found (pip install -e . in the main venv)")
@@ -169,17 +180,23 @@ def start_bastion(ctx: Ctx) -> Started:
     if cp.returncode != 0:
         tail = (cp.stderr or cp.stdout).strip().splitlines()[-1:] or ["(no output)"]
         raise SkipTarget(f"`bastion serve` is not runnable yet (rc {cp.returncode}): {tail[0]}")
-    wd = ctx.workdir / "bastion"
+    wd = ctx.workdir / ("bastion" if gov is None else f"bastion-gov-{gov}")
     (wd / "data").mkdir(parents=True)
     policy = wd / "policy.yaml"
-    policy.write_text(bastion_policy(ctx))
+    policy.write_text(bastion_policy(ctx) + (GOV_POLICY if gov else ""))
     port = h.free_port()
     env = dict(os.environ)
     env.update(
-        BASTION_ADMIN_KEY=ctx.args.key,
+        BASTION_ADMIN_KEY=GOV_ADMIN_KEY if gov else ctx.args.key,
         BASTION_DATA_DIR=str(wd / "data"),
         UPSTREAM_KEY=UPSTREAM_KEY,
+        BENCH_KEY_SECRET=ctx.args.key,
     )
+    if gov == "redis":
+        env.update(
+            BASTION_REDIS_URL=ctx.args.redis_url,
+            BASTION_REDIS_PREFIX=f"bench-{os.getpid()}:",
+        )
     for kv in ctx.args.bastion_env:
         k, _, v = kv.partition("=")
         env[k] = v
@@ -194,8 +211,27 @@ def start_bastion(ctx: Ctx) -> Started:
     ctx.procs.append(proc)
     base = f"http://127.0.0.1:{port}"
     h.wait_http(f"{base}/readyz", proc, timeout=ctx.args.ready_timeout)
+    if gov:
+        add_budget(base)
     version = _version_of(REPO / ".venv" / "bin" / "python", "bastion")
-    return Started(proc, base, {"version": version, "git": git_rev(), "policy": policy.read_text()})
+    info = {"version": version, "git": git_rev(), "policy": policy.read_text(), "governance": gov}
+    return Started(proc, base, info)
+
+
+def add_budget(base: str) -> None:
+    """A daily budget on the default tenant (large enough never to refuse a bench request)."""
+    import urllib.request
+
+    body = json.dumps({"scope": "tenant", "id": "default", "period": "day", "usd": 1e9})
+    req = urllib.request.Request(
+        f"{base}/admin/budgets",
+        data=body.encode(),
+        headers={"authorization": f"Bearer {GOV_ADMIN_KEY}", "content-type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        if resp.status != 201:
+            raise RuntimeError(f"budget not created: {resp.status}")
+    time.sleep(1.5)  # key rings refresh every second
 
 
 def start_minimal(ctx: Ctx) -> Started:
@@ -232,6 +268,8 @@ def start_minimal(ctx: Ctx) -> Started:
 
 STARTERS: dict[str, Callable[[Ctx], Started]] = {
     "bastion": start_bastion,
+    "bastion-gov": lambda ctx: start_bastion(ctx, "embedded"),
+    "bastion-gov-redis": lambda ctx: start_bastion(ctx, "redis"),
     "litellm": start_litellm,
     "nginx-proxy": start_nginx_proxy,
     "minimal": start_minimal,
@@ -369,6 +407,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="extra environment for bastion serve (repeatable)",
     )
     p.add_argument("--bastion-bin", default=str(DEFAULT_BASTION))
+    p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="for bastion-gov-redis")
     p.add_argument("--litellm-bin", default=str(DEFAULT_LITELLM))
     p.add_argument("--key", default=h.BENCH_KEY, help="bench API key (LiteLLM needs sk-...)")
     p.add_argument("--gateway-core", type=int, default=1)
