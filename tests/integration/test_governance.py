@@ -7,7 +7,6 @@ import sqlite3
 import time
 from collections.abc import Iterator
 
-import httpx
 import openai
 import pytest
 

@@ -12,7 +12,9 @@ import orjson
 import pytest
 
 from bastion.core.errors import InvalidRequest
-from bastion.store.sqlite import keys
+from bastion.store.sql.database import SqliteDatabase
+from bastion.store.sql.governance import SqlGovernanceStore
+from bastion.store.sqlite import db as sqlite_db
 from bastion.store.sqlite.audit import SqliteAuditStore
 from bastion.store.sqlite.db import SCHEMA_VERSION, upgrade
 from bastion.telemetry.audit import (
@@ -208,16 +210,21 @@ async def test_batch_queue_feeds_the_store(store: SqliteAuditStore) -> None:
 
 def test_an_old_schema_is_refused_until_upgraded(tmp_path: Path) -> None:
     path = tmp_path / "bastion.db"
-    conn = keys.connect(path)
-    conn.executescript(f"{keys.MIGRATIONS[1]};PRAGMA user_version=1;")
+    conn = sqlite_db.connect(path)
+    conn.executescript(f"{sqlite_db.MIGRATIONS[1]};PRAGMA user_version=1;")
     conn.close()
     with pytest.raises(InvalidRequest, match="bastion db upgrade"):
         SqliteAuditStore(path)
     with pytest.raises(InvalidRequest, match="bastion db upgrade"):
-        keys.SqliteKeyStore(path)
-    assert keys.upgrade(path) == (1, SCHEMA_VERSION)
+        SqlGovernanceStore(SqliteDatabase(path))
+    assert upgrade(path) == (1, SCHEMA_VERSION)
     s = SqliteAuditStore(path)
     try:
         assert s.append([draft(0)])[0].seq == 1
     finally:
         s.close()
+    keys = SqlGovernanceStore(SqliteDatabase(path))
+    try:
+        assert keys.create("after-upgrade")[0].tenant_id == "tnt_default"
+    finally:
+        keys.close()

@@ -163,7 +163,15 @@ async def tenant_item(app: BastionApp, ex: Exchange) -> None:
         return
     p = require(app, ex, "platform")
     spec = parse(TenantPatch.model_validate, await ex.req.json(app.max_body))
-    t = await _run(_store(app).update_tenant, ident, models=spec.models, rpm=spec.rpm, tpm=spec.tpm)
+    old = await _run(_store(app).get_tenant, ident)
+    given = spec.model_fields_set  # a field left out keeps its value; null clears a limit
+    t = await _run(
+        _store(app).update_tenant,
+        old.id,
+        models=spec.models,
+        rpm=spec.rpm if "rpm" in given else old.rpm,
+        tpm=spec.tpm if "tpm" in given else old.tpm,
+    )
     await _changed(app)
     await app.audit("admin.tenant.update", p.key_id, tenant=t.id, **_tenant(t))
     await ex.respond(200, dumps(_tenant(t)))

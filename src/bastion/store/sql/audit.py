@@ -112,7 +112,7 @@ class SqlAuditStore:
         last = since_seq
         where = "seq > ?" + ("" if tenant is None else " AND tenant = ?")
         while True:
-            params: list[object] = [last] + ([] if tenant is None else [tenant]) + [_PAGE]
+            params: list[object] = [last, _PAGE] if tenant is None else [last, tenant, _PAGE]
             rows = self.db.query(
                 f"SELECT {_COLS} FROM audit_events WHERE {where} ORDER BY seq LIMIT ?", params
             )

@@ -13,13 +13,17 @@ stores are called from worker threads, off the request path.
 
 from __future__ import annotations
 
+import functools
 import re
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+if TYPE_CHECKING:
+    import psycopg
 
 Row = tuple[Any, ...]
 Dialect = Literal["sqlite", "postgres"]
@@ -38,7 +42,11 @@ class Database(Protocol):
 
     @contextmanager
     def transaction(self, lock: str | None = None) -> Iterator[None]:
-        """A write transaction. ``lock`` names a lock held until it ends (PostgreSQL)."""
+        """A write transaction; a nested one is a savepoint (rolled back alone on error).
+
+        ``lock`` names a lock held until it ends (PostgreSQL; SQLite's write lock
+        serialises every transaction anyway).
+        """
         yield
 
     def close(self) -> None: ...
@@ -55,6 +63,7 @@ class SqliteDatabase:
         self.path = path
         self._conn = open_current(path)
         self._lock = threading.RLock()
+        self._depth = 0  # open transaction() blocks
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         with self._lock:
@@ -70,15 +79,24 @@ class SqliteDatabase:
 
     @contextmanager
     def transaction(self, lock: str | None = None) -> Iterator[None]:
+        """``BEGIN IMMEDIATE`` (the database's write lock); a nested block is a savepoint."""
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            depth = self._depth
+            savepoint = f"bastion_{depth}"
+            self._conn.execute(f"SAVEPOINT {savepoint}" if depth else "BEGIN IMMEDIATE")
+            self._depth += 1
             try:
                 yield
-                self._conn.execute("COMMIT")
+                self._conn.execute(f"RELEASE {savepoint}" if depth else "COMMIT")
             except BaseException:
-                if self._conn.in_transaction:
+                if depth:
+                    self._conn.execute(f"ROLLBACK TO {savepoint}")
+                    self._conn.execute(f"RELEASE {savepoint}")
+                elif self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
                 raise
+            finally:
+                self._depth = depth
 
     def close(self) -> None:
         with self._lock:
@@ -89,6 +107,7 @@ class SqliteDatabase:
 _TOKEN = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|/\*.*?\*/|\?", re.DOTALL)
 
 
+@functools.lru_cache(maxsize=1024)
 def to_psycopg(sql: str) -> str:
     """``sql`` with ``?`` placeholders as psycopg's ``%s``, and every literal ``%`` as ``%%``.
 
@@ -98,17 +117,19 @@ def to_psycopg(sql: str) -> str:
 
 
 class PostgresDatabase:
-    """A PostgreSQL connection (psycopg 3, autocommit) shared behind a lock."""
+    """A PostgreSQL connection (psycopg 3, autocommit) shared behind a lock.
+
+    A connection lost (server restart, failover, idle timeout) fails the call
+    that finds out; the next call outside a transaction opens a new one.
+    """
 
     dialect: Dialect = "postgres"
 
     def __init__(self, url: str, *, check_schema: bool = True) -> None:
-        import psycopg
-
         self.url = url
-        self._conn = psycopg.connect(url, autocommit=True)
+        self._conn = self._connect()
         self._lock = threading.RLock()
-        self._cache: dict[str, str] = {}
+        self._depth = 0  # open transaction() blocks
         if check_schema:
             from bastion.store.postgres.migrations import require_current
 
@@ -118,34 +139,41 @@ class PostgresDatabase:
                 self._conn.close()
                 raise
 
-    def _sql(self, sql: str) -> str:
-        out = self._cache.get(sql)
-        if out is None:
-            out = self._cache[sql] = to_psycopg(sql)
-        return out
+    def _connect(self) -> psycopg.Connection[Row]:
+        import psycopg
+
+        return psycopg.connect(self.url, autocommit=True)
+
+    def _live(self) -> psycopg.Connection[Row]:
+        """The connection, replaced first if it broke (never inside a transaction)."""
+        if self._conn.broken and self._depth == 0:
+            self._conn = self._connect()
+        return self._conn
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         with self._lock:
-            cur = self._conn.execute(self._sql(sql), tuple(params))  # type: ignore[arg-type]
-            return list(cur.fetchall())
+            return self._live().execute(to_psycopg(sql), tuple(params)).fetchall()
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         with self._lock:
-            cur = self._conn.execute(self._sql(sql), tuple(params))  # type: ignore[arg-type]
-            return cur.rowcount
+            return self._live().execute(to_psycopg(sql), tuple(params)).rowcount
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if not rows:
             return
-        with self._lock, self._conn.cursor() as cur:
-            cur.executemany(self._sql(sql), rows)  # type: ignore[arg-type]
+        with self._lock, self._live().cursor() as cur:
+            cur.executemany(to_psycopg(sql), rows)
 
     @contextmanager
     def transaction(self, lock: str | None = None) -> Iterator[None]:
-        with self._lock, self._conn.transaction():
-            if lock is not None:
-                self._conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (lock,))
-            yield
+        with self._lock, self._live().transaction():
+            self._depth += 1
+            try:
+                if lock is not None:
+                    self._conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (lock,))
+                yield
+            finally:
+                self._depth -= 1
 
     def close(self) -> None:
         with self._lock:

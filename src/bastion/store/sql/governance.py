@@ -8,10 +8,12 @@ process, on any host, that its in-memory snapshot is stale.
 
 from __future__ import annotations
 
+import builtins
 import json
 import time
 import uuid
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 from bastion.core.errors import InvalidRequest, NotFound
@@ -36,6 +38,8 @@ _KEY_COLS = (
 _TENANT_COLS = "id, name, models, rpm, tpm, created_at"
 _TEAM_COLS = "id, tenant_id, name, rpm, tpm, created_at"
 _BUDGET_COLS = "id, scope, scope_id, tenant_id, period, usd, tokens, mode, created_at"
+# An id or a name may match two rows (one's name is the other's id): the id wins.
+_ID_FIRST = "ORDER BY CASE WHEN id = ? THEN 0 ELSE 1 END LIMIT 1"
 
 
 def _opt_int(v: Any) -> int | None:
@@ -165,7 +169,8 @@ class SqlGovernanceStore:
 
     def get_tenant(self, id_or_name: str) -> Tenant:
         rows = self.db.query(
-            f"SELECT {_TENANT_COLS} FROM tenants WHERE id = ? OR name = ?", (id_or_name, id_or_name)
+            f"SELECT {_TENANT_COLS} FROM tenants WHERE id = ? OR name = ? {_ID_FIRST}",
+            (id_or_name, id_or_name, id_or_name),
         )
         if not rows:
             raise NotFound(f"no tenant {id_or_name!r}")
@@ -198,8 +203,9 @@ class SqlGovernanceStore:
 
     def get_team(self, tenant_id: str, id_or_name: str) -> Team:
         rows = self.db.query(
-            f"SELECT {_TEAM_COLS} FROM teams WHERE tenant_id = ? AND (id = ? OR name = ?)",
-            (tenant_id, id_or_name, id_or_name),
+            f"SELECT {_TEAM_COLS} FROM teams WHERE tenant_id = ? AND (id = ? OR name = ?) "
+            f"{_ID_FIRST}",
+            (tenant_id, id_or_name, id_or_name, id_or_name),
         )
         if not rows:
             raise NotFound(f"no team {id_or_name!r} in this tenant")
@@ -207,10 +213,10 @@ class SqlGovernanceStore:
 
     def list_teams(self, tenant_id: str | None = None) -> list[Team]:
         if tenant_id is None:
-            rows = self.db.query(f"SELECT {_TEAM_COLS} FROM teams ORDER BY created_at")
+            rows = self.db.query(f"SELECT {_TEAM_COLS} FROM teams ORDER BY created_at, id")
         else:
             rows = self.db.query(
-                f"SELECT {_TEAM_COLS} FROM teams WHERE tenant_id = ? ORDER BY created_at",
+                f"SELECT {_TEAM_COLS} FROM teams WHERE tenant_id = ? ORDER BY created_at, id",
                 (tenant_id,),
             )
         return [_team(r) for r in rows]
@@ -286,8 +292,9 @@ class SqlGovernanceStore:
 
     def get_key(self, id_or_name: str) -> KeyRecord:
         rows = self.db.query(
-            f"SELECT {_KEY_COLS} FROM keys WHERE (id = ? OR name = ?) AND revoked_at IS NULL",
-            (id_or_name, id_or_name),
+            f"SELECT {_KEY_COLS} FROM keys WHERE (id = ? OR name = ?) AND revoked_at IS NULL "
+            f"{_ID_FIRST}",
+            (id_or_name, id_or_name, id_or_name),
         )
         if not rows:
             raise NotFound(f"no active key {id_or_name!r}")
@@ -301,7 +308,9 @@ class SqlGovernanceStore:
             where.append("tenant_id = ?")
             params.append(tenant_id)
         clause = f" WHERE {' AND '.join(where)}" if where else ""
-        rows = self.db.query(f"SELECT {_KEY_COLS} FROM keys{clause} ORDER BY created_at", params)
+        rows = self.db.query(
+            f"SELECT {_KEY_COLS} FROM keys{clause} ORDER BY created_at, id", params
+        )
         return [_key(r) for r in rows]
 
     def revoke(self, id_or_name: str) -> KeyRecord:
@@ -310,8 +319,6 @@ class SqlGovernanceStore:
             now = time.time()
             self.db.execute("UPDATE keys SET revoked_at = ? WHERE id = ?", (now, rec.id))
             self._bump()
-        from dataclasses import replace
-
         return replace(rec, revoked_at=now)
 
     # ------------------------------------------------------------------ budgets
@@ -359,12 +366,12 @@ class SqlGovernanceStore:
             self._bump()
         return b
 
-    def list_budgets(self, tenant_id: str | None = None) -> list[Budget]:
+    def list_budgets(self, tenant_id: str | None = None) -> builtins.list[Budget]:
         if tenant_id is None:
-            rows = self.db.query(f"SELECT {_BUDGET_COLS} FROM budgets ORDER BY created_at")
+            rows = self.db.query(f"SELECT {_BUDGET_COLS} FROM budgets ORDER BY created_at, id")
         else:
             rows = self.db.query(
-                f"SELECT {_BUDGET_COLS} FROM budgets WHERE tenant_id = ? ORDER BY created_at",
+                f"SELECT {_BUDGET_COLS} FROM budgets WHERE tenant_id = ? ORDER BY created_at, id",
                 (tenant_id,),
             )
         return [_budget(r) for r in rows]

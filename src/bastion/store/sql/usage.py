@@ -2,7 +2,9 @@
 
 Implements :class:`bastion.telemetry.usage.UsageStore` and
 :class:`bastion.telemetry.payloads.PayloadStore`. Rows arrive in batches from
-the in-process queues; each batch is one transaction.
+the in-process queues; each batch is one transaction. A batch appended again
+(a flush retried after its commit went through) adds nothing: rows are keyed
+by their id.
 """
 
 from __future__ import annotations
@@ -23,14 +25,14 @@ _MARKS = ",".join("?" * 20)
 
 
 def _group_expr(db: Database, name: str) -> str:
-    if name == "day":
+    if name in ("day", "month"):
+        # Whole seconds first: SQLite rounds to milliseconds and PostgreSQL to
+        # microseconds, so a row just before midnight could land on either day.
         if db.dialect == "sqlite":
-            return "strftime('%Y-%m-%d', u.ts, 'unixepoch')"
-        return "to_char(to_timestamp(u.ts) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
-    if name == "month":
-        if db.dialect == "sqlite":
-            return "strftime('%Y-%m', u.ts, 'unixepoch')"
-        return "to_char(to_timestamp(u.ts) AT TIME ZONE 'UTC', 'YYYY-MM')"
+            fmt = "%Y-%m-%d" if name == "day" else "%Y-%m"
+            return f"strftime('{fmt}', CAST(u.ts AS INTEGER), 'unixepoch')"
+        fmt = "YYYY-MM-DD" if name == "day" else "YYYY-MM"
+        return f"to_char(to_timestamp(floor(u.ts)) AT TIME ZONE 'UTC', '{fmt}')"
     if name == "tag":
         return "t.tag"
     column = {"tenant": "tenant_id", "team": "team_id", "key": "key_id"}.get(name, name)
@@ -72,7 +74,7 @@ class SqlUsageStore:
             return
         with self.db.transaction():
             self.db.executemany(
-                f"INSERT INTO usage ({_COLS}) VALUES ({_MARKS})",
+                f"INSERT INTO usage ({_COLS}) VALUES ({_MARKS}) ON CONFLICT (id) DO NOTHING",
                 [
                     (
                         r.id,
@@ -101,7 +103,10 @@ class SqlUsageStore:
             )
             tags = [(r.id, t) for r in rows for t in dict.fromkeys(r.tags)]
             if tags:
-                self.db.executemany("INSERT INTO usage_tags (usage_id, tag) VALUES (?,?)", tags)
+                self.db.executemany(
+                    "INSERT INTO usage_tags (usage_id, tag) VALUES (?,?) ON CONFLICT DO NOTHING",
+                    tags,
+                )
 
     def query(self, q: UsageQuery) -> list[dict[str, Any]]:
         where: list[str] = []
@@ -147,7 +152,8 @@ class SqlUsageStore:
         if groups:
             positions = ", ".join(str(i + 1) for i in range(len(groups)))
             sql += f" GROUP BY {positions} ORDER BY {_order(self.db, groups)}"
-        sql += f" LIMIT {int(q.limit)}"
+        sql += " LIMIT ?"
+        params.append(int(q.limit))
         out = []
         for row in self.db.query(sql, params):
             item: dict[str, Any] = dict(zip(q.group_by, row[: len(groups)], strict=True))
