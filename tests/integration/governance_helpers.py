@@ -31,6 +31,9 @@ CACHED_MODELS = """\
   semantic:
     routes: [{provider: up, model: gpt-4o-mini}]
     cache: {ttl_s: 60, exact: true, semantic: {embedding_model: emb, threshold: 0.99}}
+  quota:
+    routes: [{provider: up, model: quota-primary, rpm: 2}]
+    fallbacks: [{provider: up2, model: quota-secondary}]
 """
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -312,3 +315,69 @@ def test_logging_policy_full_redacted_none(gov: BastionServer) -> None:
     full = next(e for e in request_events if e["tenant"] == tenants["full-a"])
     assert "jane" not in str(full["data"])  # content lives in payloads, not the chain
     assert len(full["data"]["content_sha256"]) == 64
+
+
+def test_deployment_quota_moves_on_to_the_fallback(gov: BastionServer, fake: FakeUpstream) -> None:
+    key = tenant_key(gov, "dq-a")
+    if time.time() % 60 > 55:
+        time.sleep(61 - time.time() % 60)
+    c = client(gov, key)
+    used = [
+        c.chat.completions.with_raw_response.create(model="quota", messages=say(f"q{i}")).headers[
+            "x-bastion-deployment"
+        ]
+        for i in range(4)
+    ]
+    assert used == ["up/quota-primary"] * 2 + ["up2/quota-secondary"] * 2
+    # the upstream never saw a third request for the primary
+    models = [r["body"]["model"] for r in fake.requests()]
+    assert models.count("quota-primary") == 2
+
+
+def test_admin_cli_tenants_teams_budgets_usage_and_purge(gov: BastionServer) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        cp = subprocess.run(
+            [sys.executable, "-m", "bastion", *args, "--data-dir", str(gov.data_dir)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert cp.returncode == 0, cp.stderr
+        return cp
+
+    cli("tenants", "create", "cli-a", "--rpm", "100")
+    cli("teams", "create", "ops", "--tenant", "cli-a")
+    secret = cli("keys", "create", "--name", "cli-a-ops", "--tenant", "cli-a", "--team", "ops")
+    key = secret.stdout.strip()
+    cli("budgets", "set", "team", "ops", "--tenant", "cli-a", "--usd", "5", "--period", "day")
+    assert "ops" in cli("teams", "list", "--tenant", "cli-a").stdout
+    assert "team" in cli("budgets", "list").stdout
+    wait_keys(gov, key)
+    client(gov, key).chat.completions.create(model="gpt", messages=say("via the cli key"))
+    wait_usage(gov, 1, tenant="cli-a")
+    rows = [
+        json.loads(line)
+        for line in cli("usage", "--group-by", "model", "--tenant", "cli-a", "--json").stdout.split(
+            "\n"
+        )
+        if line
+    ]
+    assert rows == [{**rows[0], "model": "gpt", "requests": 1}]
+    purged = cli("payloads", "purge", "--days", "0")
+    assert "purged" in purged.stdout
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bastion",
+            "usage",
+            "--group-by",
+            "planet",
+            "--data-dir",
+            str(gov.data_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 1 and "cannot group usage by planet" in bad.stderr
