@@ -319,7 +319,8 @@ class BastionApp:
         while True:
             await asyncio.sleep(self.key_refresh_s)
             try:
-                await asyncio.to_thread(self.gateway.refresh_keys)
+                if await asyncio.to_thread(self.gateway.refresh_keys):
+                    await self.seed_budgets()  # a budget made elsewhere (CLI, a replica)
             except Exception:
                 log.exception("key refresh failed")
             for q in self._queues():

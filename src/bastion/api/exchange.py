@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 from bastion.api.http import SSE_HEADERS, Request, Send, send_json
-from bastion.core.types import JSON, usage_of
+from bastion.core.types import JSON, ChatRequest, usage_of
 from bastion.gateway.auth import Principal
 from bastion.gateway.cache import Lookup, StreamAssembler
 from bastion.gateway.governance import Ticket
@@ -50,7 +50,7 @@ class Exchange:
     prompt_estimate: int = 0
     assembler: StreamAssembler | None = None
     completion: JSON | None = None
-    prompt_messages: list[JSON] | None = None
+    chat_request: ChatRequest | None = None  # kept for the logging policy's content
     ctx: CallContext = field(init=False)
 
     def __post_init__(self) -> None:

@@ -263,7 +263,9 @@ class Meter:
             "team": principal.team_id,
         }
         if mode in ("redacted", "full") and q.payloads is not None:
-            prompt = orjson.dumps(ex.prompt_messages or []).decode()
+            req = ex.chat_request
+            messages = [m.model_dump(exclude_none=True) for m in req.messages] if req else []
+            prompt = orjson.dumps(messages).decode()
             comp = _completion_text(ex)
             if mode == "redacted":
                 prompt, comp = self.redactor.redact(prompt), self.redactor.redact(comp)

@@ -34,7 +34,7 @@ async def messages(app: BastionApp, ex: Exchange) -> None:
     ex.model = req.model
     plan = app.gateway.plan(principal, req.model, "chat")
     await app.meter.admit_chat(ex, principal, plan, req)
-    ex.prompt_messages = [m.model_dump(exclude_none=True) for m in req.messages]
+    ex.chat_request = req
     if ex.cache == "hit" and ex.completion is not None:
         if req.stream:
             ex.streamed = True

@@ -32,7 +32,7 @@ async def chat_completions(app: BastionApp, ex: Exchange) -> None:
     ex.request_attrs = _request_attrs(req)
     plan = app.gateway.plan(principal, req.model, "chat")
     await app.meter.admit_chat(ex, principal, plan, req)
-    ex.prompt_messages = [m.model_dump(exclude_none=True) for m in req.messages]
+    ex.chat_request = req
     if ex.cache == "hit" and ex.completion is not None:
         if req.stream:
             ex.streamed = True

@@ -14,7 +14,7 @@ the dearest deployment of the model. If any hard limit would be passed, the
 request is refused (``rate_limited`` or ``budget_exceeded``) and nothing is
 counted. After the call, :meth:`Governor.settle` replaces the estimate with
 the real usage (one :meth:`~bastion.gateway.quota.Counters.adjust`), and
-:meth:`Governor.release` gives back the estimate of a call that failed.
+``settle(ticket, 0, 0)`` gives back the estimate of a call that failed.
 
 Worst-case overshoot of a hard budget: a request is admitted only if its
 reservation fits, so the only way past a cap is a request whose real usage
@@ -39,6 +39,7 @@ from bastion.gateway.quota import Check, Counters
 from bastion.gateway.tenancy import Budget
 
 MINUTE_TTL = 120
+_ADVERB = {"day": "daily", "month": "monthly"}
 DAY = 86400
 
 AlertHook = Callable[[ScopeLimits, BudgetRule, int, int], None]
@@ -159,7 +160,7 @@ class Governor:
                 )
             what = "USD" if kind == "usd" else "tokens"
             raise BudgetExceeded(
-                f"the {failed_rule.period}ly {what} budget of this {scope.kind} is spent",
+                f"the {_ADVERB[failed_rule.period]} {what} budget of this {scope.kind} is spent",
                 headers={"x-should-retry": "false"},
             )
         ticket.headers = self._header_bytes(checks, kinds, out.values, reset_s)

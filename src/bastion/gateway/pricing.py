@@ -32,6 +32,7 @@ class Price:
         cached_rate = self.input if self.cached_input is None else self.cached_input
         # USD per million tokens == micro-dollars per token
         micro = (prompt - cached) * self.input + cached * cached_rate + completion * self.output
+        micro = round(micro, 6)  # drop float noise (50 * 1.10 == 55.00000000000001)
         whole = int(micro)
         return whole if micro == whole else whole + 1
 
@@ -98,6 +99,8 @@ class PriceBook:
                 return self.overrides[name]
         base = model.rsplit("/", 1)[-1]
         while True:
+            if f"{provider}/{base}" in self.overrides:
+                return self.overrides[f"{provider}/{base}"]
             for table in (self.overrides, DEFAULT_PRICES):
                 if base in table:
                     return table[base]
