@@ -41,6 +41,7 @@ from bastion.telemetry.metrics import Metrics
 from bastion.telemetry.tracing import Tracing
 
 log = logging.getLogger("bastion.server")
+FLUSH_S = 0.05  # short flushes keep each write (and its CPU burst) small
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,8 +142,8 @@ def build_app(
     counters, backend, semantic = _shared_state(settings)
     size = policy.governance.queue_size
     queues = Queues(
-        usage=BatchQueue(usage_store.append, max_size=size, name="usage"),
-        audit=BatchQueue(audit_store.append, max_size=size, name="audit"),
+        usage=BatchQueue(usage_store.append, max_size=size, interval_s=FLUSH_S, name="usage"),
+        audit=BatchQueue(audit_store.append, max_size=size, interval_s=FLUSH_S, name="audit"),
         payloads=BatchQueue(payload_store.append, max_size=size, name="payloads"),
     )
     cache = ResponseCache(backend, semantic, _embedder(gateway))

@@ -14,7 +14,7 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class CacheBackend(Protocol):
@@ -96,9 +96,6 @@ class MemorySemanticIndex:
     """Brute-force cosine search over at most ``per_scope`` vectors per scope."""
 
     def __init__(self, per_scope: int = 1000, clock: Callable[[], float] = time.monotonic) -> None:
-        import numpy as np
-
-        self._np = np
         self.per_scope = per_scope
         self._clock = clock
         self._scopes: dict[str, list[tuple[object, str, float]]] = {}
@@ -115,16 +112,19 @@ class MemorySemanticIndex:
             self._scopes[scope] = entries = live
         if not entries:
             return None
-        np = self._np
+        import numpy as np  # imported on first use: only semantic caching needs it
+
         q = np.asarray(unit(vector), dtype=np.float32)
-        matrix = np.stack([e[0] for e in entries])
+        vectors: list[Any] = [e[0] for e in entries]
+        matrix: Any = np.stack(vectors)
         scores = matrix @ q
         best = int(np.argmax(scores))
         score = float(scores[best])
         return (entries[best][1], score) if score >= threshold else None
 
     async def add(self, scope: str, vector: Sequence[float], key: str, ttl_s: float) -> None:
-        np = self._np
+        import numpy as np
+
         entries = self._scopes.setdefault(scope, [])
         entries.append((np.asarray(unit(vector), dtype=np.float32), key, self._clock() + ttl_s))
         if len(entries) > self.per_scope:
