@@ -55,7 +55,8 @@ class UsageRecord:
     tags: tuple[str, ...] = ()
     latency_ms: float = 0.0
     ts: float = field(default_factory=time.time)
-    id: str = field(default_factory=lambda: os.urandom(10).hex())
+    # time-ordered, so inserts append to the primary-key index instead of splitting its pages
+    id: str = field(default_factory=lambda: f"{time.time_ns():016x}{os.urandom(4).hex()}")
 
 
 @dataclass(frozen=True, slots=True)
