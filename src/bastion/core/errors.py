@@ -112,6 +112,26 @@ class ModelNotFound(NotFound):
     code = "model_not_found"
 
 
+class ContentBlocked(BastionError):
+    """A guardrail blocked a text; ``reasons`` names scanners and categories, never the text."""
+
+    status = 400
+    code = "content_blocked"
+    type = "invalid_request_error"
+
+    def __init__(self, message: str, *, reasons: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.reasons = list(reasons or [])
+
+
+class InvalidOutput(BastionError):
+    """The model's answer failed its structured-output schema, also after one re-ask."""
+
+    status = 422
+    code = "invalid_output"
+    type = "invalid_response_error"
+
+
 class RequestTooLarge(BastionError):
     status = 413
     code = "request_too_large"

@@ -26,7 +26,8 @@ sent verbatim), ``content``, ``chunks`` (content chunks to stream), ``chunk_dela
 ``disconnect_after_chunks`` (abort the TCP connection after that many content
 chunks), ``stall_after_chunks`` (stop sending, keep the connection open, up to
 ``stall_s``), ``error_after_chunks`` (send an in-stream error event), ``tool_call``
-(``{name, arguments}``), ``usage``, ``finish_reason``.
+(``{name, arguments}``), ``usage``, ``finish_reason``, ``echo: "system"`` (answer with
+the request's system prompt, as a leaking model would).
 
 Control API: ``POST /_control/script`` ``{"steps": [...], "match": "..."}``,
 ``POST /_control/reset``, ``GET /_control/requests?limit=N``, ``GET /_control/stats``.

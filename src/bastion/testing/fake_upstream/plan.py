@@ -38,7 +38,7 @@ def word_count(text: str) -> int:
 class Turn:
     """What the fake needs to know about a chat request."""
 
-    __slots__ = ("last_user", "model", "prompt_words", "tool_result", "tools")
+    __slots__ = ("last_user", "model", "prompt_words", "system", "tool_result", "tools")
 
     def __init__(self, body: JSON, anthropic: bool) -> None:
         msgs = body.get("messages") or []
@@ -58,6 +58,12 @@ class Turn:
             self.tool_result = _text(content)
         words = sum(word_count(_text(m.get("content"))) for m in msgs if isinstance(m, dict))
         self.prompt_words = max(1, words + word_count(_text(body.get("system"))))
+        systems = [
+            _text(m.get("content"))
+            for m in msgs
+            if isinstance(m, dict) and m.get("role") in ("system", "developer")
+        ]
+        self.system = " ".join([_text(body.get("system")), *systems]).strip()
         self.tools: list[str] = []
         for t in body.get("tools") or []:
             if isinstance(t, dict):
@@ -93,6 +99,8 @@ class Plan:
         if tool is None and turn.tools and turn.tool_result is None and weather:
             tool = {"name": turn.tools[0], "arguments": {"location": "Paris"}}
         content: str | None = step.get("content")
+        if step.get("echo") == "system":
+            content = f"my instructions: {turn.system}"
         if content is None and tool is None:
             fmt = body.get("response_format") or {}
             if turn.tool_result is not None:
