@@ -20,15 +20,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bastion.api import routes_admin, routes_anthropic, routes_openai, routes_ops
+from bastion.api import routes_admin, routes_anthropic, routes_guard, routes_openai, routes_ops
 from bastion.api.errors import error_headers, to_error
 from bastion.api.exchange import Exchange
+from bastion.api.guarding import GuardState, state_for
 from bastion.api.http import Receive, Request, Scope, Send, dumps, send_json
 from bastion.api.metering import Meter, Queues
 from bastion.config.loader import load_policy
 from bastion.core.errors import BastionError, NotFound, PermissionDenied, PolicyError
 from bastion.gateway.auth import Principal, bearer
 from bastion.gateway.service import Gateway
+from bastion.guard.pipeline import guard_for
 from bastion.telemetry.audit import AuditDraft
 from bastion.telemetry.batch import BatchQueue
 from bastion.telemetry.logging import AccessLog, event
@@ -63,6 +65,7 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("POST", "/v1/embeddings"): Route("embeddings", routes_openai.embeddings),
     ("GET", "/v1/models"): Route("models", routes_openai.models),
     ("POST", "/v1/messages"): Route("messages", routes_anthropic.messages, anthropic=True),
+    ("POST", "/v1/guard/scan"): Route("guard", routes_guard.scan),
     ("GET", "/healthz"): Route("healthz", routes_ops.healthz),
     ("GET", "/readyz"): Route("readyz", routes_ops.readyz),
     ("GET", "/metrics"): Route("metrics", routes_ops.metrics),
@@ -232,6 +235,14 @@ class BastionApp:
                 input_tokens=ex.prompt_tokens,
                 output_tokens=ex.completion_tokens,
             )
+
+    # ------------------------------------------------------------------ guardrails
+    def guard_state(self, ex: Exchange, principal: Principal, model: str) -> GuardState | None:
+        """The request's guard context, if its model has a pipeline."""
+        pipeline = guard_for(self.gateway.rt.policy).for_model(model)
+        state = state_for(pipeline, principal.tenant_name, model, self.metrics)
+        ex.guard = state
+        return state
 
     # ------------------------------------------------------------------ auth
     def authenticate(self, ex: Exchange, *, admin: bool = False) -> Principal:

@@ -117,7 +117,13 @@ class Meter:
         ex.ticket = await self.governor.admit(principal, tokens, micro)
 
     async def admit_chat(
-        self, ex: Exchange, principal: Principal, plan: ModelPlan, req: ChatRequest
+        self,
+        ex: Exchange,
+        principal: Principal,
+        plan: ModelPlan,
+        req: ChatRequest,
+        *,
+        no_cache: bool = False,
     ) -> None:
         """Tags, reservation and cache lookup; ``ex.completion`` holds a cache hit."""
         ex.tags = parse_tags(ex.req.headers.get("x-bastion-tags"), req.metadata)
@@ -131,7 +137,7 @@ class Meter:
             return
         mode = (ex.req.headers.get("x-bastion-cache") or "").lower()
         ex.cache = "miss"
-        if mode == "bypass":
+        if mode == "bypass" or no_cache:  # no_cache: the request carried redacted values
             ex.cache_write = False
             return
         if mode == "refresh":
@@ -262,6 +268,8 @@ class Meter:
             "tags": list(rec.tags),
             "team": principal.team_id,
         }
+        if ex.guard is not None and ex.guard.findings:
+            data["guard"] = ex.guard.findings[:50]
         if mode in ("redacted", "full") and q.payloads is not None:
             req = ex.chat_request
             messages = [m.model_dump(exclude_none=True) for m in req.messages] if req else []

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from bastion.api.errors import to_error
 from bastion.api.exchange import Exchange
+from bastion.api.guarding import guard_completion, guard_input, guard_stream
 from bastion.api.http import dumps, sse_event
 from bastion.api.routes_openai import relay_until_disconnect, replay
 from bastion.core.types import JSON
@@ -33,19 +34,27 @@ async def messages(app: BastionApp, ex: Exchange) -> None:
     req = messages_request_to_chat(body)
     ex.model = req.model
     plan = app.gateway.plan(principal, req.model, "chat")
-    await app.meter.admit_chat(ex, principal, plan, req)
+    guard = app.guard_state(ex, principal, req.model)
+    if guard is not None:
+        req = await guard_input(guard, req)
+    await app.meter.admit_chat(
+        ex, principal, plan, req, no_cache=bool(guard and guard.red.originals)
+    )
     ex.chat_request = req
     if ex.cache == "hit" and ex.completion is not None:
+        answer = ex.completion if guard is None else await guard_completion(guard, ex.completion)
         if req.stream:
             ex.streamed = True
-            await _stream(ex, replay(ex.completion), req.model)
+            await _stream(ex, replay(answer), req.model)
         else:
-            await ex.respond(200, dumps(chat_to_message(ex.completion, req.model)))
+            await ex.respond(200, dumps(chat_to_message(answer, req.model)))
         return
     if req.stream:
         ex.streamed = True
         dep, chunks = await app.gateway.chat_stream(plan, req, ex.ctx)
         ex.routed(dep)
+        if guard is not None:
+            chunks = guard_stream(guard, chunks)
         await _stream(ex, chunks, req.model)
         return
     dep, completion = await app.gateway.chat(plan, req, ex.ctx)
@@ -54,7 +63,8 @@ async def messages(app: BastionApp, ex: Exchange) -> None:
     ex.add_usage(completion)
     ex.completion = completion
     app.meter.price(ex)
-    await ex.respond(200, dumps(chat_to_message(completion, req.model)))
+    answer = completion if guard is None else await guard_completion(guard, completion)
+    await ex.respond(200, dumps(chat_to_message(answer, req.model)))
 
 
 async def _stream(ex: Exchange, chunks: AsyncIterator[JSON], model: str) -> None:

@@ -8,8 +8,15 @@ from typing import TYPE_CHECKING, Any
 
 from bastion.api.errors import parse, to_error
 from bastion.api.exchange import Exchange
+from bastion.api.guarding import (
+    guard_completion,
+    guard_input,
+    guard_stream,
+    reask,
+    schema_problems,
+)
 from bastion.api.http import dumps, sse_data, wait_disconnect
-from bastion.core.errors import ModelNotFound
+from bastion.core.errors import InvalidOutput, ModelNotFound
 from bastion.core.types import JSON, ChatRequest, EmbeddingRequest
 from bastion.gateway.cache import completion_chunks
 
@@ -31,28 +38,55 @@ async def chat_completions(app: BastionApp, ex: Exchange) -> None:
     ex.model = req.model
     ex.request_attrs = _request_attrs(req)
     plan = app.gateway.plan(principal, req.model, "chat")
-    await app.meter.admit_chat(ex, principal, plan, req)
+    guard = app.guard_state(ex, principal, req.model)
+    if guard is not None:
+        req = await guard_input(guard, req)
+    await app.meter.admit_chat(
+        ex, principal, plan, req, no_cache=bool(guard and guard.red.originals)
+    )
     ex.chat_request = req
     if ex.cache == "hit" and ex.completion is not None:
+        answer = ex.completion if guard is None else await guard_completion(guard, ex.completion)
         if req.stream:
             ex.streamed = True
-            await stream_sse(app, ex, replay(ex.completion), include_usage=req.include_usage())
+            await stream_sse(app, ex, replay(answer), include_usage=req.include_usage())
         else:
-            await ex.respond(200, dumps(ex.completion))
+            await ex.respond(200, dumps(answer))
         return
     if req.stream:
         ex.streamed = True
         dep, chunks = await app.gateway.chat_stream(plan, req, ex.ctx)
         ex.routed(dep)
+        if guard is not None:
+            chunks = guard_stream(guard, chunks)
         await stream_sse(app, ex, chunks, include_usage=req.include_usage())
         return
     dep, body = await app.gateway.chat(plan, req, ex.ctx)
     ex.routed(dep)
+    if guard is not None and guard.pipeline.cfg.json_schema:
+        problems = schema_problems(req, body)
+        if problems:  # one automatic re-ask, then a clear error
+            ex.add_usage(body)
+            first = (ex.prompt_tokens, ex.completion_tokens)
+            dep, body = await app.gateway.chat(plan, reask(req, body, problems), ex.ctx)
+            ex.routed(dep)
+            ex.add_usage(body)
+            ex.prompt_tokens += first[0]
+            ex.completion_tokens += first[1]
+            if schema_problems(req, body):
+                raise InvalidOutput(
+                    "the model's answer did not match the response_format schema, "
+                    "also after one re-ask: " + "; ".join(schema_problems(req, body)[:3])
+                )
+        else:
+            ex.add_usage(body)
+    else:
+        ex.add_usage(body)
     ex.response_model = body.get("model")
-    ex.add_usage(body)
     ex.completion = body
     app.meter.price(ex)
-    await ex.respond(200, dumps(body))
+    answer = body if guard is None else await guard_completion(guard, body)
+    await ex.respond(200, dumps(answer))
 
 
 async def replay(completion: JSON) -> AsyncIterator[JSON]:

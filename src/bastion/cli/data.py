@@ -17,12 +17,14 @@ from bastion.telemetry.audit import export_jsonl, verify
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 audit_app = typer.Typer(no_args_is_help=True, help="The tamper-evident audit log.")
 payloads_app = typer.Typer(no_args_is_help=True, help="Stored request content.")
+guard_app = typer.Typer(no_args_is_help=True, help="Run Bastion's guardrails on files.")
 
 
 def register(app: typer.Typer) -> None:
     app.add_typer(db_app, name="db")
     app.add_typer(audit_app, name="audit")
     app.add_typer(payloads_app, name="payloads")
+    app.add_typer(guard_app, name="guard")
 
 
 @db_app.command("upgrade")
@@ -89,3 +91,55 @@ def payloads_purge(
     finally:
         store.close()
     out.print(f"purged {n} payloads older than {days:g} days")
+
+
+@guard_app.command("scan")
+def guard_scan(
+    files: Annotated[list[Path], typer.Argument(help="Text files to scan ('-' for stdin).")],
+    kind: Annotated[str, typer.Option(help="input, retrieved, tool_output or output.")] = "input",
+    policy: Annotated[
+        Path | None, typer.Option("--policy", "-p", help="Policy file with guardrails.")
+    ] = None,
+    pipeline: Annotated[str | None, typer.Option(help="Pipeline name in the policy.")] = None,
+) -> None:
+    """Scan files with a guardrails pipeline; print one JSON line each.
+
+    Exit status 1 when any file is blocked. Without --policy the built-in full
+    pipeline applies (injection: block; PII and secrets: redact).
+    """
+    import json
+
+    from bastion.config.loader import load_policy
+    from bastion.guard.base import KINDS, ScanContext
+    from bastion.guard.pipeline import guard_for
+    from bastion.guard.presets import full_pipeline
+
+    if kind not in KINDS:
+        err.print(f"error: --kind must be one of {', '.join(KINDS)}")
+        raise typer.Exit(2)
+    chosen = full_pipeline()
+    if policy is not None:
+        guard = guard_for(load_policy(policy))
+        name = pipeline or (guard.default.name if guard.default else None)
+        if name is not None:
+            if name not in guard.pipelines:
+                err.print(f"error: no guardrails pipeline {name!r} in {policy}")
+                raise typer.Exit(2)
+            chosen = guard.pipelines[name]
+    blocked = False
+    for f in files:
+        text = sys.stdin.read() if str(f) == "-" else f.read_text(errors="replace")
+        verdict = chosen.scan(text, kind, ScanContext(kind))
+        blocked = blocked or verdict.action == "block"
+        print(
+            json.dumps(
+                {
+                    "file": str(f),
+                    "action": verdict.action,
+                    "findings": [{**x.to_dict(), "action": a} for x, a in verdict.findings],
+                    "redacted_text": None if verdict.action == "block" else verdict.text,
+                }
+            )
+        )
+    if blocked:
+        raise typer.Exit(1)

@@ -225,6 +225,12 @@ def cross_check(policy: Policy) -> Iterator[tuple[Loc, str]]:
                         ("models", name, "cache", "semantic", "embedding_model"),
                         f"{sem.embedding_model!r} is not an embedding model of this policy",
                     )
+        pipelines = policy.guardrails.pipelines
+        if model.guard not in (None, "none") and model.guard not in pipelines:
+            yield ("models", name, "guard"), f"unknown guardrails pipeline {model.guard!r}"
+    default = policy.guardrails.default
+    if default is not None and default not in policy.guardrails.pipelines:
+        yield ("guardrails", "default"), f"unknown guardrails pipeline {default!r}"
     for name in policy.models:
         if _has_cycle(policy, name):
             yield ("models", name, "fallbacks"), "fallback chain loops back to this model"

@@ -105,6 +105,54 @@ class CacheConfig(Strict):
     )
 
 
+ScannerType = Literal[
+    "injection",
+    "injection_rules",
+    "injection_classifier",
+    "pii",
+    "secrets",
+    "deny_list",
+    "toxicity",
+    "links",
+]
+
+
+class ScannerConfig(Strict):
+    """One scanner of a guard pipeline and what to do when it finds something."""
+
+    type: ScannerType
+    action: Literal["block", "redact", "flag"] = "block"
+    threshold: float = Field(default=0.5, ge=0, le=1, description="Minimum finding score.")
+    entities: list[str] | None = Field(default=None, description="pii/secrets: types to report.")
+    keywords: list[str] = Field(default_factory=list, description="deny_list: words.")
+    regexes: list[str] = Field(default_factory=list, description="deny_list: patterns.")
+    topics: dict[str, list[str]] = Field(default_factory=dict, description="deny_list: topics.")
+    allowed_domains: list[str] = Field(default_factory=list, description="links: allow-list.")
+    tenants: list[str] = Field(default_factory=list, description="Only for these tenants.")
+
+
+class GuardPipelineConfig(Strict):
+    """Scanners per kind of text, and the output controls."""
+
+    input: list[ScannerConfig] = Field(default_factory=list)
+    retrieved: list[ScannerConfig] = Field(default_factory=list)
+    tool_output: list[ScannerConfig] = Field(default_factory=list)
+    output: list[ScannerConfig] = Field(default_factory=list)
+    restore: bool = Field(default=True, description="Put redacted input values back in answers.")
+    canary: bool = Field(default=False, description="Plant a system-prompt canary; block leaks.")
+    json_schema: bool = Field(default=True, description="Check json_schema outputs; re-ask once.")
+    stream_window: int = Field(default=256, ge=16, le=8192, description="Chars held back.")
+
+
+class GuardrailsConfig(Strict):
+    pipelines: dict[Annotated[str, Field(pattern=NAME)], GuardPipelineConfig] = Field(
+        default_factory=dict
+    )
+    default: str | None = Field(
+        default=None, description="Pipeline of models without their own, and of /v1/guard/scan."
+    )
+
+
 class ModelConfig(Strict):
     """A model alias callers use, and how it is served."""
 
@@ -121,6 +169,7 @@ class ModelConfig(Strict):
     retries: RetryConfig = Field(default_factory=RetryConfig)
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
     cache: CacheConfig | None = Field(default=None, description="Off unless given.")
+    guard: str | None = Field(default=None, description="A guardrails pipeline name, or 'none'.")
     description: str | None = None
 
 
@@ -208,3 +257,4 @@ class Policy(Strict):
         description="Prices by provider model name or 'provider/model' (over the built-in table).",
     )
     governance: GovernanceConfig = Field(default_factory=GovernanceConfig)
+    guardrails: GuardrailsConfig = Field(default_factory=GuardrailsConfig)

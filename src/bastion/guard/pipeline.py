@@ -93,7 +93,10 @@ class Step:
     scanner: Scanner
 
     def applies(self, ctx: ScanContext) -> bool:
-        return not self.config.tenants or (ctx.tenant or "") in self.config.tenants
+        if self.config.tenants and (ctx.tenant or "") not in self.config.tenants:
+            return False
+        # the application's own system prompt is trusted: it is not an injection
+        return not (ctx.extra.get("trusted") and self.config.type.startswith("injection"))
 
 
 def apply_redactions(text: str, findings: Iterable[Finding], red: Redactions) -> str:

