@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from importlib.resources import files
 
@@ -121,6 +122,7 @@ def test_threshold_and_empty_text(clf: InjectionClassifier) -> None:
     strict = InjectionClassifier(threshold=1.0)
     assert strict.scan(ATTACKS[0], CTX) == []
     assert 0.0 <= clf.score("hello") <= 1.0
+    assert 0.0 <= clf.score("broken \ud800 surrogate and \u0130stanbul") <= 1.0
 
 
 def test_windows_cover_the_text_overlap_and_come_in_two_sizes() -> None:
@@ -133,7 +135,7 @@ def test_windows_cover_the_text_overlap_and_come_in_two_sizes() -> None:
     assert all(covered[i] or text[i] == " " for i in range(len(text)))
     big = [(s, e) for s, e in spans if e - s > 80]
     assert len(big) < len(spans)  # small windows too
-    pairs = list(zip(big, big[1:], strict=False))
+    pairs = list(itertools.pairwise(big))
     assert sum(s2 < e1 for (_, e1), (s2, _) in pairs) > len(pairs) // 2  # mostly overlapping
     assert windows("short text", 240) == [(0, 10)]
 

@@ -66,6 +66,10 @@ def _fold(text: str) -> str:
     return low.translate(_WHITESPACE)
 
 
+def _crc(gram: str) -> int:
+    return zlib.crc32(gram.encode("utf-8", "surrogatepass"))
+
+
 def _bucket(h: NDArray[np.uint64], seed: int, bits: int) -> Ints:
     mixed = (h + np.uint64(seed)) * _MIX
     return (mixed >> np.uint64(64 - bits)).astype(np.int64)
@@ -74,7 +78,9 @@ def _bucket(h: NDArray[np.uint64], seed: int, bits: int) -> Ints:
 def featurize(text: str, spec: FeatureSpec) -> list[Group]:
     """Hashed features of ``text`` in groups, each with the character span of every feature."""
     low = _fold(text)
-    codes = np.frombuffer(low.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+    codes = np.frombuffer(low.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(
+        np.uint64
+    )
     groups: list[Group] = []
     rolling = np.zeros(len(codes), dtype=np.uint64)
     with np.errstate(over="ignore"):
@@ -90,7 +96,7 @@ def featurize(text: str, spec: FeatureSpec) -> list[Group]:
                 if len(tokens) < n:
                     break
                 grams = [" ".join(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
-                h = np.fromiter((zlib.crc32(g.encode()) for g in grams), np.uint64, len(grams))
+                h = np.fromiter((_crc(g) for g in grams), np.uint64, len(grams))
                 ws = np.fromiter((spans[i][0] for i in range(len(grams))), np.int64, len(grams))
                 we = np.fromiter((spans[i + n - 1][1] for i in range(len(grams))), np.int64)
                 groups.append((_bucket(h * _BASE, _WORD_SEED + n, spec.bits), ws, we))

@@ -13,13 +13,15 @@ FULL = GuardPipelineConfig(
         ScannerConfig(type="secrets", action="redact"),
         ScannerConfig(type="pii", action="redact"),
     ],
+    # documents and tool results are often Markdown, code and text *about* LLMs,
+    # where the classifier is less reliable: flag there instead of blocking
     retrieved=[
-        ScannerConfig(type="injection", action="block", threshold=0.5),
+        ScannerConfig(type="injection", action="flag", threshold=0.5),
         ScannerConfig(type="secrets", action="redact"),
         ScannerConfig(type="pii", action="redact"),
     ],
     tool_output=[
-        ScannerConfig(type="injection", action="block", threshold=0.5),
+        ScannerConfig(type="injection", action="flag", threshold=0.5),
         ScannerConfig(type="secrets", action="redact"),
         ScannerConfig(type="pii", action="redact"),
     ],
@@ -32,5 +34,5 @@ FULL = GuardPipelineConfig(
 
 @functools.cache
 def full_pipeline() -> Pipeline:
-    """Injection detection (block), secrets and PII (redact), on every kind of text."""
+    """Injection detection (block on input, flag elsewhere), secrets and PII (redact)."""
     return Pipeline("builtin-full", FULL)
