@@ -16,11 +16,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import train_injection as T  # noqa: E402
+import train_injection as T
 
-from bastion.guard.base import ScanContext  # noqa: E402
-from bastion.guard.injection import InjectionClassifier  # noqa: E402
-from bastion.guard.rules import InjectionRules  # noqa: E402
+from bastion.guard.base import ScanContext
+from bastion.guard.injection import InjectionClassifier
+from bastion.guard.rules import InjectionRules
 
 THRESHOLD = 0.5
 
