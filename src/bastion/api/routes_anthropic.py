@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 
 from bastion.api.errors import to_error
 from bastion.api.exchange import Exchange
-from bastion.api.guarding import guard_completion, guard_input, guard_stream
+from bastion.api.guarding import guard_completion, guard_stream
 from bastion.api.http import dumps, sse_event
-from bastion.api.routes_openai import relay_until_disconnect, replay
+from bastion.api.routes_openai import prepare_chat, relay_until_disconnect, replay
 from bastion.core.types import JSON
 from bastion.providers.anthropic_format import (
     MessagesStreamTranslator,
@@ -34,15 +34,8 @@ async def messages(app: BastionApp, ex: Exchange) -> None:
     req = messages_request_to_chat(body)
     ex.model = req.model
     plan = app.gateway.plan(principal, req.model, "chat")
-    guard = app.guard_state(ex, principal, req.model)
-    if guard is not None:
-        req = await guard_input(guard, req)
-    await app.meter.admit_chat(
-        ex, principal, plan, req, no_cache=bool(guard and guard.red.originals)
-    )
-    ex.chat_request = req
-    if ex.cache == "hit" and ex.completion is not None:
-        answer = ex.completion if guard is None else await guard_completion(guard, ex.completion)
+    req, guard, answer = await prepare_chat(app, ex, principal, plan, req)
+    if answer is not None:
         if req.stream:
             ex.streamed = True
             await _stream(ex, replay(answer), req.model)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from bastion.api.errors import parse, to_error
 from bastion.api.exchange import Exchange
 from bastion.api.guarding import (
+    GuardState,
     guard_completion,
     guard_input,
     guard_stream,
@@ -18,7 +19,9 @@ from bastion.api.guarding import (
 from bastion.api.http import dumps, sse_data, wait_disconnect
 from bastion.core.errors import InvalidOutput, ModelNotFound
 from bastion.core.types import JSON, ChatRequest, EmbeddingRequest
+from bastion.gateway.auth import Principal
 from bastion.gateway.cache import completion_chunks
+from bastion.gateway.router import ModelPlan
 
 if TYPE_CHECKING:
     from bastion.api.app import BastionApp
@@ -38,15 +41,8 @@ async def chat_completions(app: BastionApp, ex: Exchange) -> None:
     ex.model = req.model
     ex.request_attrs = _request_attrs(req)
     plan = app.gateway.plan(principal, req.model, "chat")
-    guard = app.guard_state(ex, principal, req.model)
-    if guard is not None:
-        req = await guard_input(guard, req)
-    await app.meter.admit_chat(
-        ex, principal, plan, req, no_cache=bool(guard and guard.red.originals)
-    )
-    ex.chat_request = req
-    if ex.cache == "hit" and ex.completion is not None:
-        answer = ex.completion if guard is None else await guard_completion(guard, ex.completion)
+    req, guard, answer = await prepare_chat(app, ex, principal, plan, req)
+    if answer is not None:
         if req.stream:
             ex.streamed = True
             await stream_sse(app, ex, replay(answer), include_usage=req.include_usage())
@@ -87,6 +83,30 @@ async def chat_completions(app: BastionApp, ex: Exchange) -> None:
     app.meter.price(ex)
     answer = body if guard is None else await guard_completion(guard, body)
     await ex.respond(200, dumps(answer))
+
+
+async def prepare_chat(
+    app: BastionApp, ex: Exchange, principal: Principal, plan: ModelPlan, req: ChatRequest
+) -> tuple[ChatRequest, GuardState | None, JSON | None]:
+    """Guard the input, reserve limits and budgets, look the cache up.
+
+    Returns the request as it will be sent, the guard state, and a cache hit
+    (already through the output guards) or None. Requests whose input was
+    redacted skip the cache: an answer must never be restored with another
+    caller's values.
+    """
+    guard = app.guard_state(ex, principal, req.model)
+    if guard is not None:
+        req = await guard_input(guard, req)
+    redacted = bool(guard and guard.red.originals)
+    await app.meter.admit_chat(ex, principal, plan, req, no_cache=redacted)
+    ex.chat_request = req
+    if ex.cache != "hit" or ex.completion is None:
+        return req, guard, None
+    if req.stream:
+        ex.streamed = True
+    answer = ex.completion if guard is None else await guard_completion(guard, ex.completion)
+    return req, guard, answer
 
 
 async def replay(completion: JSON) -> AsyncIterator[JSON]:
