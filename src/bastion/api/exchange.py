@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
+from bastion.api.guarding import GuardState
 from bastion.api.http import SSE_HEADERS, Request, Send, send_json
 from bastion.core.types import JSON, ChatRequest, usage_of
 from bastion.gateway.auth import Principal
@@ -52,7 +52,7 @@ class Exchange:
     assembler: StreamAssembler | None = None
     completion: JSON | None = None
     chat_request: ChatRequest | None = None  # kept for the logging policy's content
-    guard: Any = None  # bastion.api.guarding.GuardState when the model has guardrails
+    guard: GuardState | None = None  # when the model has guardrails
     ctx: CallContext = field(init=False)
 
     def __post_init__(self) -> None:

@@ -25,7 +25,13 @@ from typing import Any
 from bastion.core.errors import ContentBlocked
 from bastion.core.types import JSON, ChatRequest
 from bastion.guard.base import ScanContext
-from bastion.guard.output import CanaryScanner, canary_instruction, new_canary, validate_json
+from bastion.guard.output import (
+    CanaryScanner,
+    canary_instruction,
+    new_canary,
+    reask_message,
+    validate_json,
+)
 from bastion.guard.pipeline import Pipeline, Redactions, Verdict
 from bastion.guard.stream import StreamGuard
 from bastion.telemetry.metrics import Metrics
@@ -42,7 +48,7 @@ class GuardState:
     ctx: ScanContext
     metrics: Metrics | None = None
     red: Redactions = field(default_factory=Redactions)
-    canary: str | None = None
+    canary: CanaryScanner | None = None
     findings: list[str] = field(default_factory=list)
 
     @property
@@ -104,8 +110,9 @@ async def guard_input(state: GuardState, req: ChatRequest) -> ChatRequest:
         m["content"], did = await _scan_content(state, m["content"], kind, trusted)
         changed = changed or did
     if p.cfg.canary:
-        state.canary = new_canary()
-        line = canary_instruction(state.canary)
+        canary = new_canary()
+        state.canary = CanaryScanner(canary)
+        line = canary_instruction(canary)
         if (
             messages
             and messages[0].get("role") in ("system", "developer")
@@ -123,7 +130,7 @@ async def guard_input(state: GuardState, req: ChatRequest) -> ChatRequest:
 
 
 def _canary_check(state: GuardState, text: str) -> None:
-    if state.canary and CanaryScanner(state.canary).scan(text, state.ctx):
+    if state.canary is not None and state.canary.scan(text, state.ctx):
         state.findings.append("output:canary:system_prompt_leak:block")
         if state.metrics is not None:
             state.metrics.guard("output", "canary", "system_prompt_leak", "block")
@@ -171,14 +178,13 @@ async def guard_stream(state: GuardState, chunks: AsyncIterator[JSON]) -> AsyncI
     """``chunks`` with their text released window by window after scanning."""
     p = state.pipeline
     sg = StreamGuard(p, state.ctx, state.red, window=p.cfg.stream_window, restore=p.cfg.restore)
-    canary = CanaryScanner(state.canary) if state.canary else None
     seen = ""
     async for chunk in chunks:
         choices = chunk.get("choices") or []
         delta = (choices[0].get("delta") or {}) if choices else {}
         text = delta.get("content")
         if isinstance(text, str) and text:
-            if canary is not None:
+            if state.canary is not None:
                 seen = (seen + text)[-512:]
                 _canary_check(state, seen)
             released = sg.feed(text) if p.has("output") else text
@@ -218,8 +224,6 @@ def state_for(
 
 def reask(req: ChatRequest, completion: JSON, problems: list[str]) -> ChatRequest:
     """The request again, with the invalid answer and a request to fix it appended."""
-    from bastion.guard.output import reask_message
-
     choices = completion.get("choices") or []
     answer = (choices[0].get("message") or {}).get("content") if choices else ""
     raw = req._raw if req._raw is not None else req.model_dump(exclude_none=True)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -329,6 +328,3 @@ def _completion_text(ex: Exchange) -> str:
         if "embedding" in choice:
             break
     return "\n".join(parts)
-
-
-FinishHook = Callable[[Exchange], Awaitable[None]]

@@ -69,10 +69,11 @@ async def chat_completions(app: BastionApp, ex: Exchange) -> None:
             ex.add_usage(body)
             ex.prompt_tokens += first[0]
             ex.completion_tokens += first[1]
-            if schema_problems(req, body):
+            problems = schema_problems(req, body)
+            if problems:
                 raise InvalidOutput(
                     "the model's answer did not match the response_format schema, "
-                    "also after one re-ask: " + "; ".join(schema_problems(req, body)[:3])
+                    "also after one re-ask: " + "; ".join(problems[:3])
                 )
         else:
             ex.add_usage(body)

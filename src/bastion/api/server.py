@@ -25,7 +25,12 @@ from bastion.core.settings import Settings
 from bastion.core.types import EmbeddingRequest
 from bastion.gateway.auth import KeyRecord
 from bastion.gateway.cache import ResponseCache
-from bastion.gateway.cache_store import CacheBackend, MemoryCache, SemanticIndex
+from bastion.gateway.cache_store import (
+    CacheBackend,
+    MemoryCache,
+    MemorySemanticIndex,
+    SemanticIndex,
+)
 from bastion.gateway.governance import Governor
 from bastion.gateway.quota import Counters, MemoryCounters
 from bastion.gateway.service import Gateway
@@ -65,25 +70,18 @@ def _shared_state(settings: Settings) -> tuple[Counters, CacheBackend, SemanticI
         from bastion.store.redis.counters import RedisCounters
 
         url, prefix = settings.redis_url, settings.redis_prefix
-        semantic: SemanticIndex | None = None
-        try:
-            semantic = RedisSemanticIndex.from_url(url, prefix)
-        except ImportError:  # numpy missing: no semantic cache
-            semantic = None
-        return RedisCounters.from_url(url, prefix), RedisCache.from_url(url, prefix), semantic
+        return (
+            RedisCounters.from_url(url, prefix),
+            RedisCache.from_url(url, prefix),
+            RedisSemanticIndex.from_url(url, prefix),
+        )
     if settings.database_url:
         event(
             log,
             "PostgreSQL without Redis: rate limits and budgets are counted per replica",
             logging.WARNING,
         )
-    try:
-        from bastion.gateway.cache_store import MemorySemanticIndex
-
-        semantic = MemorySemanticIndex()
-    except ImportError:
-        semantic = None
-    return MemoryCounters(), MemoryCache(), semantic
+    return MemoryCounters(), MemoryCache(), MemorySemanticIndex()
 
 
 def _embedder(gateway: Gateway) -> Callable[[str, str], Any]:

@@ -37,6 +37,7 @@ class Redactions:
     counts: dict[str, int] = field(default_factory=dict)
     originals: dict[str, str] = field(default_factory=dict)
     restorable: set[str] = field(default_factory=set)
+    _pattern: re.Pattern[str] | None = None
 
     def mark_restorable(self) -> None:
         """Placeholders made so far (the request's) may be put back into the answer.
@@ -44,6 +45,8 @@ class Redactions:
         Placeholders made later (redactions of the answer itself) never are.
         """
         self.restorable = set(self.originals)
+        if self.restorable:
+            self._pattern = re.compile("|".join(re.escape(p) for p in sorted(self.restorable)))
 
     def placeholder(self, entity: str, value: str) -> str:
         key = (entity, value)
@@ -57,10 +60,9 @@ class Redactions:
 
     def restore(self, text: str) -> str:
         """``text`` with the request's placeholders replaced by their values."""
-        if not self.restorable or "<" not in text:
+        if self._pattern is None or "<" not in text:
             return text
-        pattern = re.compile("|".join(re.escape(p) for p in sorted(self.restorable)))
-        return pattern.sub(lambda m: self.originals[m.group(0)], text)
+        return self._pattern.sub(lambda m: self.originals[m.group(0)], text)
 
 
 @dataclass

@@ -38,7 +38,6 @@ class StreamGuard:
         self.restore = restore
         self._pending = ""
         self._released_tail = ""
-        self.findings = 0
 
     def feed(self, text: str) -> str:
         """Add streamed text; returns what may be sent now (possibly empty)."""
@@ -68,7 +67,6 @@ class StreamGuard:
         for f, action in verdict.findings:
             if f.end <= shift:
                 continue  # about text already released (and scanned then)
-            self.findings += 1
             if action == "block":
                 verdict.raise_if_blocked("streamed output")
             if action == "redact":
