@@ -20,12 +20,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bastion.api import routes_admin, routes_anthropic, routes_guard, routes_openai, routes_ops
+from bastion.api import (
+    routes_admin,
+    routes_anthropic,
+    routes_guard,
+    routes_openai,
+    routes_ops,
+    routes_rag,
+)
 from bastion.api.errors import error_headers, to_error
 from bastion.api.exchange import Exchange
 from bastion.api.guarding import GuardState, state_for
 from bastion.api.http import Receive, Request, Scope, Send, dumps, send_json
 from bastion.api.metering import Meter, Queues
+from bastion.api.rag import RagService
 from bastion.config.loader import load_policy
 from bastion.core.errors import BastionError, NotFound, PermissionDenied, PolicyError
 from bastion.gateway.auth import Principal, bearer
@@ -69,6 +77,9 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("GET", "/healthz"): Route("healthz", routes_ops.healthz),
     ("GET", "/readyz"): Route("readyz", routes_ops.readyz),
     ("GET", "/metrics"): Route("metrics", routes_ops.metrics),
+    ("GET", "/v1/collections"): Route("rag", routes_rag.collections),
+    ("POST", "/v1/collections"): Route("rag", routes_rag.collections),
+    ("POST", "/v1/rag/query"): Route("rag", routes_rag.query),
     ("GET", "/admin/keys"): Route("admin", routes_admin.list_keys),
     ("POST", "/admin/keys"): Route("admin", routes_admin.create_key),
     ("GET", "/admin/tenants"): Route("admin", routes_admin.list_tenants),
@@ -87,6 +98,10 @@ PREFIX_ROUTES: list[tuple[str, str, Route]] = [
     ("DELETE", "/admin/budgets/", Route("admin", routes_admin.delete_budget)),
     ("GET", "/admin/tenants/", Route("admin", routes_admin.tenant_item)),
     ("PATCH", "/admin/tenants/", Route("admin", routes_admin.tenant_item)),
+    ("GET", "/v1/collections/", Route("rag", routes_rag.collection_item)),
+    ("POST", "/v1/collections/", Route("rag", routes_rag.collection_item)),
+    ("DELETE", "/v1/collections/", Route("rag", routes_rag.collection_item)),
+    ("GET", "/v1/jobs/", Route("rag", routes_rag.job_item)),
 ]
 _UNTRACKED = {"healthz", "readyz", "metrics"}
 
@@ -105,8 +120,10 @@ class BastionApp:
         audit: BatchQueue[AuditDraft] | None = None,
         meter: Meter | None = None,
         stores: Stores | None = None,
+        rag: RagService | None = None,
     ) -> None:
         self.gateway = gateway
+        self.rag = rag or RagService(None, None, unavailable="RAG is not configured on this server")
         self.metrics = metrics
         self.tracing = tracing
         self.policy_path = policy_path
@@ -289,6 +306,7 @@ class BastionApp:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.gateway.aclose()
+        await self.rag.aclose()
         # usage first: draining it may still add nothing, but audit and payload
         # rows of the last requests must land too
         for q in self._queues():

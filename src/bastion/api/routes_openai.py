@@ -17,6 +17,7 @@ from bastion.api.guarding import (
     schema_problems,
 )
 from bastion.api.http import dumps, sse_data, wait_disconnect
+from bastion.api.rag_chat import annotate_stream, completion_text, prepare_rag
 from bastion.core.errors import InvalidOutput, ModelNotFound
 from bastion.core.types import JSON, ChatRequest, EmbeddingRequest
 from bastion.gateway.auth import Principal
@@ -41,8 +42,18 @@ async def chat_completions(app: BastionApp, ex: Exchange) -> None:
     ex.model = req.model
     ex.request_attrs = _request_attrs(req)
     plan = app.gateway.plan(principal, req.model, "chat")
+    req, turn, grounded = await prepare_rag(app, ex, principal, req)
+    if grounded is not None:  # nothing relevant was found: say so, no model call
+        if req.stream:
+            ex.streamed = True
+            await stream_sse(app, ex, replay(grounded), include_usage=req.include_usage())
+        else:
+            await ex.respond(200, dumps(grounded))
+        return
     req, guard, answer = await prepare_chat(app, ex, principal, plan, req)
     if answer is not None:
+        if turn is not None:
+            answer = turn.annotate(answer, completion_text(answer))
         if req.stream:
             ex.streamed = True
             await stream_sse(app, ex, replay(answer), include_usage=req.include_usage())
@@ -55,6 +66,8 @@ async def chat_completions(app: BastionApp, ex: Exchange) -> None:
         ex.routed(dep)
         if guard is not None:
             chunks = guard_stream(guard, chunks)
+        if turn is not None:
+            chunks = annotate_stream(turn, chunks)
         await stream_sse(app, ex, chunks, include_usage=req.include_usage())
         return
     dep, body = await app.gateway.chat(plan, req, ex.ctx)
@@ -83,6 +96,8 @@ async def chat_completions(app: BastionApp, ex: Exchange) -> None:
     ex.completion = body
     app.meter.price(ex)
     answer = body if guard is None else await guard_completion(guard, body)
+    if turn is not None:
+        answer = turn.annotate(answer, completion_text(answer))
     await ex.respond(200, dumps(answer))
 
 

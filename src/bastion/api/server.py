@@ -17,6 +17,7 @@ from typing import Any
 
 from bastion.api.app import BastionApp, Stores
 from bastion.api.metering import Meter, Queues
+from bastion.api.rag import RagService
 from bastion.config.defaults import embedded_policy
 from bastion.config.loader import load_policy
 from bastion.config.schema import Policy
@@ -82,6 +83,32 @@ def _shared_state(settings: Settings) -> tuple[Counters, CacheBackend, SemanticI
             logging.WARNING,
         )
     return MemoryCounters(), MemoryCache(), MemorySemanticIndex()
+
+
+def open_rag(settings: Settings) -> RagService:
+    """The RAG service: embedded SQLite + in-memory indexes, or PostgreSQL + pgvector.
+
+    A PostgreSQL database without the RAG schema (no pgvector, or ``bastion db
+    upgrade`` not run) serves everything else; RAG endpoints then answer
+    ``unsupported`` with the reason.
+    """
+    try:
+        from bastion.rag.chunk import WordPieceCounter
+    except ImportError as exc:  # pragma: no cover - the rag extra is missing
+        return RagService(None, None, unavailable=f"RAG needs the `rag` extra: {exc}")
+    if settings.database_url:
+        try:
+            from bastion.store.rag.postgres import PgRagStore
+
+            store: Any = PgRagStore(settings.database_url)
+        except Exception as exc:
+            event(log, "RAG disabled", logging.WARNING, reason=str(exc))
+            return RagService(None, None, unavailable=f"RAG is unavailable: {exc}")
+    else:
+        from bastion.store.rag.embedded import EmbeddedRagStore
+
+        store = EmbeddedRagStore(settings.data_dir / "rag.db")
+    return RagService(store, WordPieceCounter())
 
 
 def _embedder(gateway: Gateway) -> Callable[[str, str], Any]:
@@ -159,5 +186,6 @@ def build_app(
             payloads=payload_store,
             closers=tuple(d.close for d in dbs),
         ),
+        rag=open_rag(settings),
     )
     return Built(app, generated)

@@ -36,11 +36,22 @@ def db_upgrade(data_dir: DataDir = None) -> None:
 
         before, after = pg_upgrade(s.database_url)
         out.print(f"PostgreSQL: schema {before} -> {after}")
+        try:
+            from bastion.store.rag.postgres import upgrade as rag_upgrade
+
+            rag_upgrade(s.database_url)
+            out.print("PostgreSQL: RAG schema (pgvector) up to date")
+        except Exception as exc:  # no pgvector: everything but RAG works
+            err.print(f"RAG schema skipped: {exc}", markup=False)
         return
+    from bastion.store.rag.embedded import upgrade as rag_sqlite_upgrade
     from bastion.store.sqlite.db import upgrade
 
     before, after = upgrade(s.db_path)
     out.print(f"{s.db_path}: schema {before} -> {after}")
+    rag_db = s.data_dir / "rag.db"
+    before, after = rag_sqlite_upgrade(rag_db)
+    out.print(f"{rag_db}: RAG schema {before} -> {after}")
 
 
 @audit_app.command("verify")

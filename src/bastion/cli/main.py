@@ -136,9 +136,11 @@ def serve(
 def _register() -> None:
     from bastion.cli.admin import register as register_admin
     from bastion.cli.data import register as register_data
+    from bastion.cli.rag import register as register_rag
 
     register_admin(app)
     register_data(app)
+    register_rag(app)
 
 
 _register()

@@ -241,6 +241,42 @@ class TelemetryConfig(Strict):
     access_log: bool = Field(default=True, description="One structured log line per request.")
 
 
+class RetrievalConfig(Strict):
+    """How queries are answered from collections (see docs/rag.md)."""
+
+    mode: Literal["hybrid", "bm25", "dense"] = "hybrid"
+    fusion: Literal["weighted", "rrf"] = "weighted"
+    text_weight: float = Field(
+        default=0.35, ge=0, le=1, description="BM25's share of the fused score."
+    )
+    rrf_k: int = Field(default=60, ge=1)
+    candidates: int = Field(default=100, ge=1, le=1000, description="Per retriever.")
+    recency_half_life_days: float | None = Field(default=None, gt=0)
+    recency_weight: float = Field(default=0.2, ge=0, le=1)
+    max_age_s: float | None = Field(default=None, gt=0)
+
+
+class AnsweringConfig(Strict):
+    """Chat with ``bastion.collections``: context assembly and the citation check."""
+
+    context_tokens: int = Field(default=1500, ge=64, description="Budget for sources.")
+    min_similarity: float = Field(
+        default=0.25, ge=-1, le=1, description="Dense similarity that makes a chunk relevant."
+    )
+    min_support: float = Field(
+        default=0.5, ge=0, le=1, description="Share of a claim's terms a citation must hold."
+    )
+
+
+class RagConfig(Strict):
+    embedding_model: str = Field(
+        default="local-embed", description="Embedding alias for new collections."
+    )
+    max_upload_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
+    answering: AnsweringConfig = Field(default_factory=AnsweringConfig)
+
+
 class Policy(Strict):
     """The whole policy file."""
 
@@ -258,3 +294,4 @@ class Policy(Strict):
     )
     governance: GovernanceConfig = Field(default_factory=GovernanceConfig)
     guardrails: GuardrailsConfig = Field(default_factory=GuardrailsConfig)
+    rag: RagConfig = Field(default_factory=RagConfig)

@@ -9,11 +9,13 @@ Every error that can reach a caller is a :class:`BastionError` with a stable
     BastionError
     ├── InvalidRequest            400 invalid_request
     │   ├── Unsupported           400 unsupported
-    │   └── PolicyError           400 invalid_policy (config; carries file:line)
+    │   ├── PolicyError           400 invalid_policy (config; carries file:line)
+    │   └── UnparseableDocument   400 unparseable_document (RAG ingestion)
     ├── AuthenticationError       401 authentication_error
     ├── PermissionDenied          403 permission_denied
     ├── NotFound                  404 not_found
     │   └── ModelNotFound         404 model_not_found
+    ├── Conflict                  409 conflict
     ├── RequestTooLarge           413 request_too_large
     ├── RateLimited               429 rate_limited      (retry_after)
     ├── Overloaded                503 overloaded        (retry_after)
@@ -110,6 +112,20 @@ class NotFound(BastionError):
 
 class ModelNotFound(NotFound):
     code = "model_not_found"
+
+
+class Conflict(BastionError):
+    """The object already exists (a collection name taken in the tenant)."""
+
+    status = 409
+    code = "conflict"
+    type = "invalid_request_error"
+
+
+class UnparseableDocument(InvalidRequest):
+    """A file or upload could not be parsed; the message names it and says why."""
+
+    code = "unparseable_document"
 
 
 class ContentBlocked(BastionError):

@@ -1,0 +1,217 @@
+"""Hybrid retrieval: BM25 and dense candidates fused into one ranking.
+
+Both retrievers run over the same candidate set (the caller's ACL and the
+filters are applied inside each store query). Fusion methods:
+
+* ``rrf``: reciprocal-rank fusion, ``Σ w / (k + rank)``.
+* ``weighted`` (default): a convex combination of per-query normalised
+  scores. BM25 scores are divided by the query's top BM25 score; cosine
+  similarities are mapped so the top is 1 and the ``candidates``-th is 0.
+  Unlike RRF it keeps *how much* better one chunk is than the next, which is
+  what lets a hybrid beat both of its parts (see ``docs/benchmarks.md``).
+
+Freshness: ``recency_half_life_days`` multiplies each fused score by
+``1 - recency_weight + recency_weight * 0.5 ** (age / half_life)``;
+``max_age_s`` is a hard filter applied in the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import numpy as np
+
+from bastion.rag.lexical import analyze
+from bastion.rag.ports import Access, ChunkView, Collection, Filters, Hit, RagStore, Vector
+
+QueryEmbedder = Callable[[str, str], Awaitable[Vector]]
+"""``(embedding model alias, text) -> unit vector``, through the gateway."""
+
+Mode = Literal["hybrid", "bm25", "dense"]
+
+
+@dataclass(frozen=True, slots=True)
+class RetrievalSettings:
+    """How a query is answered from a collection (policy ``rag.retrieval``)."""
+
+    mode: Mode = "hybrid"
+    fusion: Literal["weighted", "rrf"] = "weighted"
+    text_weight: float = 0.35
+    """Weight of BM25 in the weighted fusion (dense gets the rest)."""
+    rrf_k: int = 60
+    candidates: int = 100
+    """Chunks each retriever contributes before fusion."""
+    recency_half_life_days: float | None = None
+    recency_weight: float = 0.2
+    max_age_s: float | None = None
+
+
+@dataclass(slots=True)
+class Scored:
+    chunk_id: str
+    score: float
+    text_score: float | None = None
+    vector_score: float | None = None
+    text_rank: int | None = None
+    vector_rank: int | None = None
+
+
+@dataclass(slots=True)
+class Result:
+    """One ranked chunk with its provenance."""
+
+    chunk: ChunkView
+    score: float
+    text_score: float | None = None
+    vector_score: float | None = None
+    collection: str = ""
+
+    def to_json(self) -> dict[str, object]:
+        c = self.chunk
+        return {
+            "chunk_id": c.chunk_id,
+            "document_id": c.document_id,
+            "collection": self.collection,
+            "score": round(self.score, 6),
+            "text": c.text,
+            "source": c.source,
+            "title": c.title,
+            "metadata": {
+                **c.document_metadata,
+                **c.metadata,
+                "version": c.version,
+                "updated_at": c.updated_at,
+                "bm25": None if self.text_score is None else round(self.text_score, 6),
+                "similarity": None if self.vector_score is None else round(self.vector_score, 6),
+            },
+        }
+
+
+def fuse(text: Sequence[Hit], vector: Sequence[Hit], settings: RetrievalSettings) -> list[Scored]:
+    """One ranking from the two candidate lists (best first, ties by chunk id)."""
+    table: dict[str, Scored] = {}
+    for rank, h in enumerate(text):
+        table[h.chunk_id] = Scored(h.chunk_id, 0.0, text_score=h.score, text_rank=rank)
+    for rank, h in enumerate(vector):
+        s = table.setdefault(h.chunk_id, Scored(h.chunk_id, 0.0))
+        s.vector_score, s.vector_rank = h.score, rank
+    wt = settings.text_weight
+    if settings.fusion == "rrf":
+        k = settings.rrf_k
+        for s in table.values():
+            s.score = (wt / (k + s.text_rank + 1) if s.text_rank is not None else 0.0) + (
+                (1 - wt) / (k + s.vector_rank + 1) if s.vector_rank is not None else 0.0
+            )
+    else:
+        top_t = text[0].score if text else 1.0
+        hi = vector[0].score if vector else 1.0
+        lo = vector[-1].score if len(vector) > 1 else hi - 1.0
+        span = (hi - lo) or 1.0
+        for s in table.values():
+            t = s.text_score / top_t if s.text_score is not None and top_t > 0 else 0.0
+            v = (s.vector_score - lo) / span if s.vector_score is not None else 0.0
+            s.score = wt * t + (1 - wt) * v
+    return sorted(table.values(), key=lambda s: (-s.score, s.chunk_id))
+
+
+@dataclass(slots=True)
+class Retriever:
+    """Searches one or more collections of a tenant for a query."""
+
+    store: RagStore
+    embed: QueryEmbedder
+    settings: RetrievalSettings = field(default_factory=RetrievalSettings)
+    clock: Callable[[], float] = time.time
+
+    async def search(
+        self,
+        collection: Collection,
+        query: str,
+        access: Access,
+        *,
+        top_k: int = 8,
+        filters: Filters | None = None,
+        settings: RetrievalSettings | None = None,
+    ) -> list[Result]:
+        cfg = settings or self.settings
+        filters = filters or Filters()
+        if cfg.max_age_s is not None:
+            floor = self.clock() - cfg.max_age_s
+            after = filters.updated_after
+            filters = replace(filters, updated_after=max(floor, after or floor))
+        n = max(cfg.candidates, top_k)
+        text_hits: list[Hit] = []
+        vector_hits: list[Hit] = []
+        if cfg.mode in ("hybrid", "bm25"):
+            terms = analyze(query)
+            if terms:
+                text_hits = await asyncio.to_thread(
+                    self.store.search_text, collection.id, terms, access, filters, n
+                )
+        if cfg.mode in ("hybrid", "dense"):
+            vec = await self.embed(collection.embedding_model, query)
+            vector_hits = await asyncio.to_thread(
+                self.store.search_vector, collection.id, vec, access, filters, n
+            )
+        if cfg.mode == "bm25":
+            ranked = [Scored(h.chunk_id, h.score, text_score=h.score) for h in text_hits]
+        elif cfg.mode == "dense":
+            ranked = [Scored(h.chunk_id, h.score, vector_score=h.score) for h in vector_hits]
+        else:
+            ranked = fuse(text_hits, vector_hits, cfg)
+        # a recency boost may reorder: keep every candidate until it is applied
+        ranked = ranked[: max(n, top_k)] if cfg.recency_half_life_days else ranked[:top_k]
+        views = await asyncio.to_thread(
+            self.store.chunks, collection.id, [s.chunk_id for s in ranked], access
+        )
+        by_id = {v.chunk_id: v for v in views}
+        results = [
+            Result(by_id[s.chunk_id], s.score, s.text_score, s.vector_score, collection.name)
+            for s in ranked
+            if s.chunk_id in by_id
+        ]
+        if cfg.recency_half_life_days:
+            now = self.clock()
+            half = cfg.recency_half_life_days * 86400.0
+            w = cfg.recency_weight
+            for r in results:
+                age = max(0.0, now - r.chunk.updated_at)
+                r.score *= 1 - w + w * 0.5 ** (age / half)
+            results.sort(key=lambda r: (-r.score, r.chunk.chunk_id))
+            results = results[:top_k]
+        return results
+
+    async def search_many(
+        self,
+        collections: Sequence[Collection],
+        query: str,
+        access: Access,
+        *,
+        top_k: int = 8,
+        filters: Filters | None = None,
+    ) -> list[Result]:
+        """Search several collections and merge by score (each normalised to its best)."""
+        if len(collections) == 1:
+            return await self.search(collections[0], query, access, top_k=top_k, filters=filters)
+        merged: list[Result] = []
+        for c in collections:
+            part = await self.search(c, query, access, top_k=top_k, filters=filters)
+            if part:
+                best = part[0].score or 1.0
+                for r in part:
+                    r.score /= best
+                merged.extend(part)
+        merged.sort(key=lambda r: (-r.score, r.chunk.chunk_id))
+        return merged[:top_k]
+
+
+def unit(vec: Sequence[float]) -> Vector:
+    """A float32 unit vector."""
+    v = np.asarray(vec, dtype=np.float32)
+    norm = float(np.linalg.norm(v))
+    out: Vector = v / norm if norm > 0 else v
+    return out

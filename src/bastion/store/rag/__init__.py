@@ -1,0 +1,1 @@
+"""RAG storage backends: embedded (SQLite + in-memory indexes) and PostgreSQL + pgvector."""
