@@ -32,6 +32,9 @@ models:
   gpt:
     routes: [{{provider: up, model: gpt-4o-mini}}]
     retries: {{attempts: 0}}
+  rr:
+    type: rerank
+    routes: [{{provider: up, model: rerank-v1}}]
   guarded:
     routes: [{{provider: up, model: gpt-4o-mini}}]
     retries: {{attempts: 0}}
@@ -382,3 +385,45 @@ def test_retrieved_injection_is_dropped_by_the_guard(
     meta = (resp.model_extra or {})["bastion"]["retrieval"]
     assert meta["dropped_by_guardrails"] == 1
     assert "could not find" in (resp.choices[0].message.content or "")
+
+
+def test_rerank_endpoint_is_cohere_shaped(world: tuple[BastionServer, dict[str, str]]) -> None:
+    srv, keys = world
+    r = api(
+        srv,
+        keys["alpha"],
+        "POST",
+        "/rerank",
+        json={
+            "model": "rr",
+            "query": "train tickets class",
+            "documents": ["hotel costs", "train tickets in second class", "vacation"],
+            "top_n": 2,
+            "return_documents": True,
+        },
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [x["index"] for x in body["results"]] == [1, 0]
+    assert body["results"][0]["document"]["text"] == "train tickets in second class"
+    assert body["results"][0]["relevance_score"] == 1.0
+    assert body["usage"]["total_tokens"] > 0
+    r = api(
+        srv,
+        keys["alpha"],
+        "POST",
+        "/rerank",
+        json={"model": "gpt", "query": "q", "documents": ["d"]},
+    )
+    assert r.status_code == 400 and "not rerank" in r.json()["error"]["message"]
+
+
+def test_query_with_a_rerank_stage(world: tuple[BastionServer, dict[str, str]]) -> None:
+    srv, keys = world
+    plain = query(srv, keys["alpha"], "second class train tickets", top_k=2).json()["results"]
+    reranked = query(srv, keys["alpha"], "second class train tickets", top_k=2, rerank="rr")
+    assert reranked.status_code == 200, reranked.text
+    results = reranked.json()["results"]
+    assert results[0]["document_id"] == "expenses"
+    assert results[0]["metadata"]["fused"] == plain[0]["score"]
+    assert results[0]["score"] != results[0]["metadata"]["fused"]

@@ -71,6 +71,7 @@ class Route:
 ROUTES: dict[tuple[str, str], Route] = {
     ("POST", "/v1/chat/completions"): Route("chat", routes_openai.chat_completions),
     ("POST", "/v1/embeddings"): Route("embeddings", routes_openai.embeddings),
+    ("POST", "/v1/rerank"): Route("rerank", routes_openai.rerank),
     ("GET", "/v1/models"): Route("models", routes_openai.models),
     ("POST", "/v1/messages"): Route("messages", routes_anthropic.messages, anthropic=True),
     ("POST", "/v1/guard/scan"): Route("guard", routes_guard.scan),

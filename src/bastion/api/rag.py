@@ -21,9 +21,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bastion.core.errors import NotFound, PermissionDenied, Unsupported
-from bastion.core.types import EmbeddingRequest
+from bastion.core.types import JSON, EmbeddingRequest, RerankRequest
 from bastion.gateway.auth import Principal
 from bastion.gateway.governance import Governor, estimate_tokens
+from bastion.gateway.router import Deployment, ModelPlan
 from bastion.gateway.tenancy import DEFAULT_TENANT
 from bastion.providers.base import CallContext
 from bastion.rag.chunk import TokenCounter
@@ -63,12 +64,19 @@ def require_writer(principal: Principal) -> None:
         raise PermissionDenied("changing collections needs a key with role admin or developer")
 
 
-async def embed_texts(
-    app: BastionApp, principal: Principal, alias: str, texts: list[str], *, rid: str
-) -> tuple[NDArray[np.float32], int]:
-    """Unit vectors for ``texts`` from the gateway's embedding model ``alias``."""
+async def _metered(
+    app: BastionApp,
+    principal: Principal,
+    alias: str,
+    kind: str,
+    texts: list[str],
+    call: Callable[[ModelPlan, CallContext], Awaitable[tuple[Deployment, JSON]]],
+    *,
+    rid: str,
+) -> JSON:
+    """One model call of RAG's, with the caller's limits, budget and a usage row."""
     gateway, meter = app.gateway, app.meter
-    plan = gateway.plan(principal, alias, "embedding")
+    plan = gateway.plan(principal, alias, kind)
     estimate = estimate_tokens(sum(len(t) for t in texts))
     ticket = None
     if Governor.needed(principal):
@@ -80,12 +88,13 @@ async def embed_texts(
     ctx.tokens_estimate = estimate
     t0 = time.perf_counter()
     try:
-        dep, body = await gateway.embed(plan, EmbeddingRequest(model=alias, input=texts), ctx)
+        dep, body = await call(plan, ctx)
     except BaseException:
         if ticket is not None:
             await meter.governor.settle(ticket, 0, 0)
         raise
-    tokens = int((body.get("usage") or {}).get("prompt_tokens") or 0)
+    usage = body.get("usage") or {}
+    tokens = int(usage.get("prompt_tokens") or usage.get("total_tokens") or 0)
     price = gateway.rt.price(dep)
     micro = price.micro_usd(tokens, 0) if price else 0
     if ticket is not None:
@@ -98,7 +107,7 @@ async def embed_texts(
                 team_id=principal.team_id,
                 key_id=principal.key_id,
                 model=alias,
-                endpoint="rag.embed",
+                endpoint=f"rag.{kind}",
                 status=200,
                 deployment=dep.id,
                 provider=dep.provider.name,
@@ -107,6 +116,19 @@ async def embed_texts(
                 latency_ms=round((time.perf_counter() - t0) * 1000, 3),
             )
         )
+    return body
+
+
+async def embed_texts(
+    app: BastionApp, principal: Principal, alias: str, texts: list[str], *, rid: str
+) -> tuple[NDArray[np.float32], int]:
+    """Unit vectors for ``texts`` from the gateway's embedding model ``alias``."""
+
+    async def call(plan: ModelPlan, ctx: CallContext) -> tuple[Deployment, JSON]:
+        return await app.gateway.embed(plan, EmbeddingRequest(model=alias, input=texts), ctx)
+
+    body = await _metered(app, principal, alias, "embedding", texts, call, rid=rid)
+    tokens = int((body.get("usage") or {}).get("prompt_tokens") or 0)
     data = sorted(body.get("data") or [], key=lambda d: int(d.get("index", 0)))
     vectors = np.asarray([d["embedding"] for d in data], dtype=np.float32)
     if vectors.shape[0] != len(texts):
@@ -114,6 +136,24 @@ async def embed_texts(
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     out: NDArray[np.float32] = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
     return out, tokens
+
+
+async def rerank_texts(
+    app: BastionApp, principal: Principal, alias: str, query: str, texts: list[str], *, rid: str
+) -> list[float]:
+    """A relevance score per text from the gateway's rerank model ``alias``."""
+
+    async def call(plan: ModelPlan, ctx: CallContext) -> tuple[Deployment, JSON]:
+        req = RerankRequest(model=alias, query=query, documents=list(texts))
+        return await app.gateway.rerank(plan, req, ctx)
+
+    body = await _metered(app, principal, alias, "rerank", [query, *texts], call, rid=rid)
+    scores = [float("-inf")] * len(texts)
+    for r in body.get("results") or []:
+        i = r.get("index")
+        if isinstance(i, int) and 0 <= i < len(texts):
+            scores[i] = float(r["relevance_score"])
+    return scores
 
 
 @dataclass(slots=True)
@@ -189,6 +229,8 @@ class RagService:
             recency_half_life_days=r.recency_half_life_days,
             recency_weight=r.recency_weight,
             max_age_s=r.max_age_s,
+            rerank_model=r.rerank_model,
+            rerank_candidates=r.rerank_candidates,
         )
 
     def retriever(self, app: BastionApp, principal: Principal, rid: str) -> Retriever:
@@ -197,7 +239,10 @@ class RagService:
             first: NDArray[np.float32] = vectors[0]
             return first
 
-        return Retriever(self.store, embed, self.settings(app))
+        async def rerank(alias: str, query: str, texts: list[str]) -> list[float]:
+            return await rerank_texts(app, principal, alias, query, texts, rid=rid)
+
+        return Retriever(self.store, embed, self.settings(app), rerank=rerank)
 
     def ingestor(self, app: BastionApp, principal: Principal, rid: str) -> Ingestor:
         async def embed(alias: str, texts: list[str]) -> tuple[NDArray[np.float32], int]:

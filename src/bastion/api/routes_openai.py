@@ -19,7 +19,7 @@ from bastion.api.guarding import (
 from bastion.api.http import dumps, sse_data, wait_disconnect
 from bastion.api.rag_chat import annotate_stream, completion_text, prepare_rag
 from bastion.core.errors import InvalidOutput, ModelNotFound
-from bastion.core.types import JSON, ChatRequest, EmbeddingRequest
+from bastion.core.types import JSON, ChatRequest, EmbeddingRequest, RerankRequest
 from bastion.gateway.auth import Principal
 from bastion.gateway.cache import completion_chunks
 from bastion.gateway.router import ModelPlan
@@ -209,6 +209,25 @@ async def embeddings(app: BastionApp, ex: Exchange) -> None:
     ex.routed(dep)
     ex.add_usage(body)
     app.meter.price(ex)
+    await ex.respond(200, dumps(body))
+
+
+async def rerank(app: BastionApp, ex: Exchange) -> None:
+    """``POST /v1/rerank``: Cohere/Jina-shaped reranking through a rerank model alias."""
+    principal = app.authenticate(ex)
+    req = parse(RerankRequest.model_validate, await ex.req.json(app.max_body))
+    ex.model = req.model
+    plan = app.gateway.plan(principal, req.model, "rerank")
+    texts = req.texts()
+    await app.meter.admit_embed(ex, principal, plan, [req.query, *texts])
+    dep, body = await app.gateway.rerank(plan, req, ex.ctx)
+    ex.routed(dep)
+    ex.prompt_tokens = int((body.get("usage") or {}).get("total_tokens") or 0)
+    app.meter.price(ex)
+    if req.return_documents:
+        for r in body["results"]:
+            r["document"] = {"text": texts[r["index"]]}
+    body["model"] = req.model
     await ex.respond(200, dumps(body))
 
 

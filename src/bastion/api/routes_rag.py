@@ -108,6 +108,9 @@ class QueryBody(BaseModel):
     top_k: int = Field(default=8, ge=1, le=100)
     filters: FiltersBody = FiltersBody()
     mode: Literal["hybrid", "bm25", "dense"] | None = None
+    rerank: str | Literal[False] | None = Field(
+        default=None, description="A rerank model alias, false for none; default: the policy's."
+    )
 
 
 def _collection_json(c: Collection, counts: tuple[int, int] | None = None) -> dict[str, Any]:
@@ -295,6 +298,8 @@ async def query(app: BastionApp, ex: Exchange) -> None:
     retriever = rag.retriever(app, principal, ex.rid)
     if body.mode is not None:
         retriever.settings = replace(retriever.settings, mode=body.mode)
+    if body.rerank is not None:
+        retriever.settings = replace(retriever.settings, rerank_model=body.rerank or None)
     t0 = time.perf_counter()
     results = await retriever.search_many(
         colls,

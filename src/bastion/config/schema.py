@@ -30,6 +30,10 @@ class ProviderConfig(Strict):
     headers: dict[str, str] = Field(default_factory=dict)
     max_connections: int = Field(default=256, ge=1, le=10_000)
     azure_api_version: str | None = None
+    rerank_api: Literal["cohere", "tei"] = Field(
+        default="cohere",
+        description="Wire format of the upstream's /rerank: Cohere/Jina or Hugging Face TEI.",
+    )
     anthropic_version: str | None = None
     # local provider
     model_path: str | None = None
@@ -156,7 +160,7 @@ class GuardrailsConfig(Strict):
 class ModelConfig(Strict):
     """A model alias callers use, and how it is served."""
 
-    type: Literal["chat", "embedding"] = "chat"
+    type: Literal["chat", "embedding", "rerank"] = "chat"
     routes: list[RouteConfig] = Field(min_length=1)
     fallbacks: list[FallbackRef] = Field(
         default_factory=list,
@@ -254,6 +258,10 @@ class RetrievalConfig(Strict):
     recency_half_life_days: float | None = Field(default=None, gt=0)
     recency_weight: float = Field(default=0.2, ge=0, le=1)
     max_age_s: float | None = Field(default=None, gt=0)
+    rerank_model: str | None = Field(
+        default=None, description="A rerank model alias: reorders the fused candidates."
+    )
+    rerank_candidates: int = Field(default=30, ge=2, le=200)
 
 
 class AnsweringConfig(Strict):

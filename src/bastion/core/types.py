@@ -112,6 +112,22 @@ class EmbeddingRequest(BaseModel):
         return body
 
 
+class RerankRequest(BaseModel):
+    """``POST /v1/rerank`` body (Cohere / Jina shape)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1)
+    query: str = Field(min_length=1)
+    documents: list[str | dict[str, Any]] = Field(min_length=1, max_length=1000)
+    top_n: int | None = Field(default=None, ge=1)
+    return_documents: bool = False
+
+    def texts(self) -> list[str]:
+        """The documents as strings (an object document gives its ``text``)."""
+        return [d if isinstance(d, str) else str(d.get("text", "")) for d in self.documents]
+
+
 def usage_of(body: JSON | None) -> tuple[int, int]:
     """``(prompt_tokens, completion_tokens)`` of a completion or chunk, 0 when absent."""
     usage = (body or {}).get("usage") or {}

@@ -15,9 +15,9 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 
 from bastion.config.schema import ModelConfig, Policy, ProviderConfig, RouteConfig
-from bastion.core.errors import DeploymentQuotaExceeded, InvalidRequest, ModelNotFound
+from bastion.core.errors import DeploymentQuotaExceeded, InvalidRequest, ModelNotFound, Unsupported
 from bastion.core.secrets import hash_key, resolve
-from bastion.core.types import JSON, ChatRequest, EmbeddingRequest
+from bastion.core.types import JSON, ChatRequest, EmbeddingRequest, RerankRequest
 from bastion.gateway.auth import KeyRecord, KeyRing, Principal
 from bastion.gateway.breaker import CircuitBreaker
 from bastion.gateway.directory import build_ring
@@ -33,7 +33,7 @@ from bastion.gateway.router import (
 )
 from bastion.gateway.tenancy import DEFAULT_TENANT, GovernanceStore
 from bastion.providers import registry
-from bastion.providers.base import CallContext, Provider, Timeouts
+from bastion.providers.base import CallContext, Provider, SupportsRerank, Timeouts
 
 log = logging.getLogger("bastion.gateway")
 
@@ -299,6 +299,19 @@ class Gateway:
             await self._quota(dep, ctx)
             ctx.timeouts = timeouts
             return await dep.provider.embed(req, dep.model, ctx)
+
+        return await self.router.call(plan, call, ctx)
+
+    async def rerank(
+        self, plan: ModelPlan, req: RerankRequest, ctx: CallContext
+    ) -> tuple[Deployment, JSON]:
+        async def call(dep: Deployment, timeouts: Timeouts) -> JSON:
+            provider = dep.provider
+            if not isinstance(provider, SupportsRerank):
+                raise Unsupported(f"provider {provider.name!r} cannot rerank")
+            await self._quota(dep, ctx)
+            ctx.timeouts = timeouts
+            return await provider.rerank(req, dep.model, ctx)
 
         return await self.router.call(plan, call, ctx)
 

@@ -319,7 +319,7 @@ async def _post(
         raise transport_error(exc, "first byte") from None
 
 
-async def post_json(
+async def post_bytes(
     session: aiohttp.ClientSession,
     url: URL,
     data: bytes,
@@ -327,8 +327,8 @@ async def post_json(
     *,
     headers: Mapping[str, str] | None = None,
     secrets: Iterable[str] = (),
-) -> JSON:
-    """POST ``data`` and return the JSON object answered; errors mapped per the table."""
+) -> bytes:
+    """POST ``data`` and return the raw 2xx body; errors mapped per the table."""
     dl = deadlines()
     now = dl.loop.time()
     start = _perf()
@@ -344,6 +344,20 @@ async def post_json(
         ctx.upstream_s += _perf() - start
     if resp.status >= 300:
         raise status_error(resp.status, raw, resp.headers, secrets)
+    return raw
+
+
+async def post_json(
+    session: aiohttp.ClientSession,
+    url: URL,
+    data: bytes,
+    ctx: CallContext,
+    *,
+    headers: Mapping[str, str] | None = None,
+    secrets: Iterable[str] = (),
+) -> JSON:
+    """POST ``data`` and return the JSON object answered; errors mapped per the table."""
+    raw = await post_bytes(session, url, data, ctx, headers=headers, secrets=secrets)
     return loads_object(raw)
 
 

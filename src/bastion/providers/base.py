@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from bastion.core.types import JSON, ChatRequest, EmbeddingRequest
+from bastion.core.types import JSON, ChatRequest, EmbeddingRequest, RerankRequest
 
 
 @dataclass(slots=True)
@@ -80,4 +80,14 @@ class Provider(Protocol):
 
     async def aclose(self) -> None:
         """Release pooled connections, threads or model memory."""
+        ...
+
+
+@runtime_checkable
+class SupportsRerank(Protocol):
+    """A provider that can rerank documents for a query (``/rerank`` upstreams)."""
+
+    async def rerank(self, request: RerankRequest, model: str, ctx: CallContext) -> JSON:
+        """``{"results": [{"index", "relevance_score"}], "usage": {"total_tokens"}}``,
+        best first."""
         ...

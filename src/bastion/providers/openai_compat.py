@@ -22,8 +22,15 @@ import orjson
 from yarl import URL
 
 from bastion.core.errors import UpstreamConnectError, UpstreamError
-from bastion.core.types import JSON, ChatRequest, EmbeddingRequest
-from bastion.providers._http import PooledSession, error_message, loads_object, open_sse, post_json
+from bastion.core.types import JSON, ChatRequest, EmbeddingRequest, RerankRequest
+from bastion.providers._http import (
+    PooledSession,
+    error_message,
+    loads_object,
+    open_sse,
+    post_bytes,
+    post_json,
+)
 from bastion.providers.base import CallContext
 
 _STREAM_HEADERS = {"Accept": "text/event-stream"}
@@ -44,6 +51,7 @@ class OpenAICompatProvider:
         headers: dict[str, str] | None = None,
         max_connections: int = 256,
         azure_api_version: str | None = None,
+        rerank_api: str = "cohere",
     ) -> None:
         self.name = name
         self.base_url = base_url.rstrip("/")
@@ -58,6 +66,8 @@ class OpenAICompatProvider:
         query = f"?api-version={azure_api_version}" if azure_api_version else ""
         self._chat_url = URL(f"{self.base_url}/chat/completions{query}")
         self._embed_url = URL(f"{self.base_url}/embeddings{query}")
+        self._rerank_url = URL(f"{self.base_url}/rerank")
+        self.rerank_api = rerank_api
         self._pool = PooledSession(max_connections=max_connections, headers=default_headers)
 
     def __repr__(self) -> str:
@@ -115,6 +125,48 @@ class OpenAICompatProvider:
         if "error" in reply and "data" not in reply:
             raise UpstreamError(self._error_text(reply))
         return reply
+
+    async def rerank(self, request: RerankRequest, model: str, ctx: CallContext) -> JSON:
+        """Relevance scores from ``/rerank`` (Cohere/Jina format, or TEI's).
+
+        The answer is always Cohere-shaped: ``results`` best first with
+        ``index`` and ``relevance_score``, and ``usage.total_tokens`` when the
+        upstream reports it.
+        """
+        texts = request.texts()
+        if self.rerank_api == "tei":
+            payload: JSON = {"query": request.query, "texts": texts, "raw_scores": False}
+        else:
+            payload = {"model": model, "query": request.query, "documents": texts}
+            if request.top_n is not None:
+                payload["top_n"] = request.top_n
+        raw = await post_bytes(
+            self._pool.get(), self._rerank_url, orjson.dumps(payload), ctx, secrets=self._secrets
+        )
+        try:
+            reply: Any = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise UpstreamError("malformed JSON in upstream rerank response") from None
+        rows = reply if isinstance(reply, list) else reply.get("results")
+        if not isinstance(rows, list):
+            raise UpstreamError(self._error_text(reply if isinstance(reply, dict) else {}))
+        results = []
+        for r in rows:
+            score = r.get("relevance_score", r.get("score"))
+            if not isinstance(r.get("index"), int) or not isinstance(score, int | float):
+                raise UpstreamError("upstream rerank result without index and score")
+            results.append({"index": r["index"], "relevance_score": float(score)})
+        results.sort(key=lambda r: -r["relevance_score"])
+        if request.top_n is not None:
+            results = results[: request.top_n]
+        usage = reply.get("usage") if isinstance(reply, dict) else None
+        tokens = int((usage or {}).get("total_tokens") or 0)
+        return {
+            "object": "list",
+            "model": model,
+            "results": results,
+            "usage": {"total_tokens": tokens},
+        }
 
     async def aclose(self) -> None:
         """Close the pooled connections."""

@@ -36,6 +36,7 @@ def build_openai(name: str, cfg: ProviderConfig) -> Provider:
         headers=dict(cfg.headers),
         max_connections=cfg.max_connections,
         azure_api_version=cfg.azure_api_version,
+        rerank_api=cfg.rerank_api,
     )
 
 

@@ -31,6 +31,9 @@ from bastion.rag.ports import Access, ChunkView, Collection, Filters, Hit, RagSt
 QueryEmbedder = Callable[[str, str], Awaitable[Vector]]
 """``(embedding model alias, text) -> unit vector``, through the gateway."""
 
+Reranker = Callable[[str, str, list[str]], Awaitable[list[float]]]
+"""``(rerank model alias, query, texts) -> a relevance score per text``, through the gateway."""
+
 Mode = Literal["hybrid", "bm25", "dense"]
 
 
@@ -48,6 +51,9 @@ class RetrievalSettings:
     recency_half_life_days: float | None = None
     recency_weight: float = 0.2
     max_age_s: float | None = None
+    rerank_model: str | None = None
+    """A rerank model alias: the top ``rerank_candidates`` fused chunks are reordered."""
+    rerank_candidates: int = 30
 
 
 @dataclass(slots=True)
@@ -69,6 +75,8 @@ class Result:
     text_score: float | None = None
     vector_score: float | None = None
     collection: str = ""
+    fused_score: float | None = None
+    """The hybrid score before a rerank replaced ``score``."""
 
     def to_json(self) -> dict[str, object]:
         c = self.chunk
@@ -87,6 +95,7 @@ class Result:
                 "updated_at": c.updated_at,
                 "bm25": None if self.text_score is None else round(self.text_score, 6),
                 "similarity": None if self.vector_score is None else round(self.vector_score, 6),
+                "fused": None if self.fused_score is None else round(self.fused_score, 6),
             },
         }
 
@@ -126,6 +135,7 @@ class Retriever:
     embed: QueryEmbedder
     settings: RetrievalSettings = field(default_factory=RetrievalSettings)
     clock: Callable[[], float] = time.time
+    rerank: Reranker | None = None
 
     async def search(
         self,
@@ -163,8 +173,13 @@ class Retriever:
             ranked = [Scored(h.chunk_id, h.score, vector_score=h.score) for h in vector_hits]
         else:
             ranked = fuse(text_hits, vector_hits, cfg)
-        # a recency boost may reorder: keep every candidate until it is applied
-        ranked = ranked[: max(n, top_k)] if cfg.recency_half_life_days else ranked[:top_k]
+        reranking = cfg.rerank_model is not None and self.rerank is not None
+        if cfg.recency_half_life_days:  # a recency boost may reorder: keep every candidate
+            ranked = ranked[: max(n, top_k)]
+        elif reranking:
+            ranked = ranked[: max(cfg.rerank_candidates, top_k)]
+        else:
+            ranked = ranked[:top_k]
         views = await asyncio.to_thread(
             self.store.chunks, collection.id, [s.chunk_id for s in ranked], access
         )
@@ -182,8 +197,13 @@ class Retriever:
                 age = max(0.0, now - r.chunk.updated_at)
                 r.score *= 1 - w + w * 0.5 ** (age / half)
             results.sort(key=lambda r: (-r.score, r.chunk.chunk_id))
-            results = results[:top_k]
-        return results
+            results = results[: max(cfg.rerank_candidates, top_k) if reranking else top_k]
+        if reranking and results and self.rerank is not None and cfg.rerank_model:
+            scores = await self.rerank(cfg.rerank_model, query, [r.chunk.text for r in results])
+            for r, s in zip(results, scores, strict=True):
+                r.fused_score, r.score = r.score, s
+            results.sort(key=lambda r: (-r.score, r.chunk.chunk_id))
+        return results[:top_k]
 
     async def search_many(
         self,

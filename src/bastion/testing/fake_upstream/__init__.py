@@ -9,6 +9,7 @@ prints ``FAKE_UPSTREAM_READY <port>`` once listening) or, from tests, with
         fake.script([{"status": 429, "retry_after": 2}], match="flaky")
 
 Endpoints: ``POST /v1/chat/completions`` (plain and SSE), ``POST /v1/embeddings``,
+``POST /v1/rerank`` (Cohere or TEI shape; score = share of query words in the document),
 ``GET /v1/models``, Anthropic ``POST /v1/messages`` (plain and SSE). By default a
 chat reply is ``"echo: <last user text>"`` with word-count usage; with ``tools`` and
 "weather" in the last user message it is a tool call (``{"location": "Paris"}``);

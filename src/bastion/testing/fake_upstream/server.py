@@ -75,6 +75,7 @@ class FakeServer:
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/messages", self.messages)
         app.router.add_post("/v1/embeddings", self.embeddings)
+        app.router.add_post("/v1/rerank", self.rerank)
         app.router.add_get("/v1/models", self.list_models)
         app.router.add_post("/_control/script", self.ctl_script)
         app.router.add_post("/_control/reset", self.ctl_reset)
@@ -273,6 +274,37 @@ class FakeServer:
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
         self._done(request, 200)
+        return web.Response(body=orjson.dumps(reply), content_type=_JSON_CT)
+
+    async def rerank(self, request: web.Request) -> web.StreamResponse:
+        """Cohere-shaped rerank (``documents``) or TEI-shaped (``texts``): the score is
+        the share of the query's words found in the document."""
+        body, _step, _turn, early = await self._prologue(request, anthropic=False)
+        if early is not None:
+            return early
+        query = set(str(body.get("query", "")).lower().split())
+        tei = "texts" in body
+        docs = [
+            str(d if isinstance(d, str) else d.get("text", ""))
+            for d in body.get("texts" if tei else "documents") or []
+        ]
+        scored = [
+            (i, len(query & set(d.lower().split())) / max(1, len(query)))
+            for i, d in enumerate(docs)
+        ]
+        scored.sort(key=lambda x: (-x[1], x[0]))
+        top_n = body.get("top_n")
+        if isinstance(top_n, int):
+            scored = scored[:top_n]
+        self._done(request, 200)
+        if tei:
+            reply: Any = [{"index": i, "score": s} for i, s in scored]
+        else:
+            tokens = max(1, sum(word_count(d) for d in docs) + word_count(" ".join(query)))
+            reply = {
+                "results": [{"index": i, "relevance_score": s} for i, s in scored],
+                "usage": {"total_tokens": tokens},
+            }
         return web.Response(body=orjson.dumps(reply), content_type=_JSON_CT)
 
     async def list_models(self, request: web.Request) -> web.Response:
