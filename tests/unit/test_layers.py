@@ -33,6 +33,7 @@ PORTS = {  # port modules the store may implement
     "bastion.telemetry.audit",
     "bastion.telemetry.usage",
     "bastion.telemetry.payloads",
+    "bastion.rag.ports",
 }
 
 
