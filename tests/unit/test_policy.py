@@ -222,3 +222,25 @@ def test_included_definitions_are_checked_with_their_lines(tmp_path: Path) -> No
     assert info.value.problems == [
         (str(tmp_path / "more.yaml"), 5, "models.m2.routes.0.provider: unknown provider 'nope'")
     ]
+
+
+def test_rag_models_must_exist_with_the_right_type() -> None:
+    text = (
+        GOOD
+        + """\
+rag:
+  embedding_model: chat-default
+  retrieval: {rerank_model: embed}
+"""
+    )
+    found = problems(text)
+    assert (
+        19,
+        "rag.embedding_model: 'chat-default' is not an embedding model of this policy",
+    ) in found
+    assert (20, "rag.retrieval.rerank_model: 'embed' is not a rerank model of this policy") in found
+    ok = GOOD.replace(
+        "keys:", "  rr: {type: rerank, routes: [{provider: vllm, model: bge}]}\nkeys:"
+    )
+    policy = parse_policy(ok + "rag: {embedding_model: embed, retrieval: {rerank_model: rr}}\n")
+    assert policy.rag.retrieval.rerank_model == "rr"

@@ -231,6 +231,22 @@ def cross_check(policy: Policy) -> Iterator[tuple[Loc, str]]:
     default = policy.guardrails.default
     if default is not None and default not in policy.guardrails.pipelines:
         yield ("guardrails", "default"), f"unknown guardrails pipeline {default!r}"
+    rag = policy.rag
+    if "rag" in policy.model_fields_set:
+        target = policy.models.get(rag.embedding_model)
+        if target is None or target.type != "embedding":
+            yield (
+                ("rag", "embedding_model"),
+                f"{rag.embedding_model!r} is not an embedding model of this policy",
+            )
+    rerank = rag.retrieval.rerank_model
+    if rerank is not None:
+        target = policy.models.get(rerank)
+        if target is None or target.type != "rerank":
+            yield (
+                ("rag", "retrieval", "rerank_model"),
+                f"{rerank!r} is not a rerank model of this policy",
+            )
     for name in policy.models:
         if _has_cycle(policy, name):
             yield ("models", name, "fallbacks"), "fallback chain loops back to this model"
