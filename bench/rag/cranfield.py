@@ -88,6 +88,7 @@ async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--cv", action="store_true", help="2-fold cross-validated fusion weight")
+    ap.add_argument("--store", type=Path, help="reuse (or create) the ingested store here")
     args = ap.parse_args()
     data = load_beir(args.data)
     print(f"{data.name}: {len(data.corpus)} docs, {len(data.queries)} queries")
@@ -100,14 +101,23 @@ async def main() -> None:
         return vec_cache[text]
 
     with tempfile.TemporaryDirectory() as tmp:
-        store, coll, _ = await build(data, Path(tmp), embedder)
+        folder = args.store or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        if (folder / "rag.db").exists():
+            store = EmbeddedRagStore(folder / "rag.db")
+            found = store.get_collection("bench", "cranfield")
+            assert found is not None, "the store holds no cranfield collection"
+            coll = found
+        else:
+            store, coll, _ = await build(data, folder, embedder)
         retriever = Retriever(store, embed_query)
         base = RetrievalSettings()
         systems = {
             "BM25 (k1 1.2, b 0.75, Snowball, stop words)": replace(base, mode="bm25"),
             "dense (bundled all-MiniLM-L6-v2)": replace(base, mode="dense"),
             "hybrid, RRF k=60 (equal weights)": replace(base, fusion="rrf", text_weight=0.5),
-            f"hybrid, weighted (default, BM25 weight {base.text_weight})": base,
+            f"hybrid, weighted z-scores (default, BM25 weight {base.text_weight})": base,
+            "hybrid + pseudo-relevance feedback (5 chunks)": replace(base, feedback_chunks=5),
         }
         reports: dict[str, RetrievalReport] = {}
         for label, settings in systems.items():

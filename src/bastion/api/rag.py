@@ -231,6 +231,10 @@ class RagService:
             max_age_s=r.max_age_s,
             rerank_model=r.rerank_model,
             rerank_candidates=r.rerank_candidates,
+            feedback_chunks=r.feedback_chunks,
+            feedback_terms=r.feedback_terms,
+            feedback_term_weight=r.feedback_term_weight,
+            feedback_vector_weight=r.feedback_vector_weight,
         )
 
     def retriever(self, app: BastionApp, principal: Principal, rid: str) -> Retriever:

@@ -251,7 +251,7 @@ class RetrievalConfig(Strict):
     mode: Literal["hybrid", "bm25", "dense"] = "hybrid"
     fusion: Literal["weighted", "rrf"] = "weighted"
     text_weight: float = Field(
-        default=0.35, ge=0, le=1, description="BM25's share of the fused score."
+        default=0.45, ge=0, le=1, description="BM25's share of the fused score."
     )
     rrf_k: int = Field(default=60, ge=1)
     candidates: int = Field(default=100, ge=1, le=1000, description="Per retriever.")
@@ -262,6 +262,12 @@ class RetrievalConfig(Strict):
         default=None, description="A rerank model alias: reorders the fused candidates."
     )
     rerank_candidates: int = Field(default=30, ge=2, le=200)
+    feedback_chunks: int = Field(
+        default=0, ge=0, le=20, description="Pseudo-relevance feedback from the top N chunks."
+    )
+    feedback_terms: int = Field(default=10, ge=0, le=50)
+    feedback_term_weight: float = Field(default=0.3, ge=0, le=1)
+    feedback_vector_weight: float = Field(default=1.0, ge=0, le=5)
 
 
 class AnsweringConfig(Strict):

@@ -248,15 +248,16 @@ class TextIndex(Protocol):
     def search_text(
         self,
         collection_id: str,
-        terms: Mapping[str, int],
+        terms: Mapping[str, float],
         access: Access,
         filters: Filters,
         limit: int,
     ) -> list[Hit]:
         """Top ``limit`` visible chunks by BM25 (k1 1.2, b 0.75), best first.
 
-        ``terms`` maps each query term to how often the query has it (query-term
-        frequency multiplies the term's contribution). Ties break by chunk id.
+        ``terms`` maps each query term to its weight: how often the query has it
+        (query-term frequency multiplies the term's contribution), or a fraction
+        for expansion terms. Ties break by chunk id.
         """
         ...
 
@@ -271,6 +272,10 @@ class VectorIndex(Protocol):
         limit: int,
     ) -> list[Hit]:
         """Top ``limit`` visible chunks by inner product with a unit ``vector``."""
+        ...
+
+    def vectors(self, collection_id: str, ids: Sequence[str], access: Access) -> dict[str, Vector]:
+        """The stored vectors of the given chunks the caller may read."""
         ...
 
 

@@ -4,11 +4,15 @@ Both retrievers run over the same candidate set (the caller's ACL and the
 filters are applied inside each store query). Fusion methods:
 
 * ``rrf``: reciprocal-rank fusion, ``Σ w / (k + rank)``.
-* ``weighted`` (default): a convex combination of per-query normalised
-  scores. BM25 scores are divided by the query's top BM25 score; cosine
-  similarities are mapped so the top is 1 and the ``candidates``-th is 0.
-  Unlike RRF it keeps *how much* better one chunk is than the next, which is
-  what lets a hybrid beat both of its parts (see ``docs/benchmarks.md``).
+* ``weighted`` (default): a convex combination of per-query standardised
+  scores: each list's scores become z-scores over its candidates, shifted so
+  its weakest candidate is 0 (a chunk missing from one list gets 0 there).
+  Unlike RRF it keeps *how much* better one chunk is than the next.
+
+Optional pseudo-relevance feedback (``feedback_chunks``) runs a second pass
+with the query vector moved toward the top chunks' vectors (Rocchio) and the
+most frequent new terms of those chunks added to the BM25 query; see
+``docs/benchmarks.md`` for what each stage buys on Cranfield.
 
 Freshness: ``recency_half_life_days`` multiplies each fused score by
 ``1 - recency_weight + recency_weight * 0.5 ** (age / half_life)``;
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -43,8 +47,8 @@ class RetrievalSettings:
 
     mode: Mode = "hybrid"
     fusion: Literal["weighted", "rrf"] = "weighted"
-    text_weight: float = 0.35
-    """Weight of BM25 in the weighted fusion (dense gets the rest)."""
+    text_weight: float = 0.45
+    """Weight of BM25 in the fusion (dense gets the rest)."""
     rrf_k: int = 60
     candidates: int = 100
     """Chunks each retriever contributes before fusion."""
@@ -54,6 +58,11 @@ class RetrievalSettings:
     rerank_model: str | None = None
     """A rerank model alias: the top ``rerank_candidates`` fused chunks are reordered."""
     rerank_candidates: int = 30
+    feedback_chunks: int = 0
+    """Pseudo-relevance feedback from this many top chunks (0: one pass only)."""
+    feedback_terms: int = 10
+    feedback_term_weight: float = 0.3
+    feedback_vector_weight: float = 1.0
 
 
 @dataclass(slots=True)
@@ -116,15 +125,22 @@ def fuse(text: Sequence[Hit], vector: Sequence[Hit], settings: RetrievalSettings
                 (1 - wt) / (k + s.vector_rank + 1) if s.vector_rank is not None else 0.0
             )
     else:
-        top_t = text[0].score if text else 1.0
-        hi = vector[0].score if vector else 1.0
-        lo = vector[-1].score if len(vector) > 1 else hi - 1.0
-        span = (hi - lo) or 1.0
+        t_norm = _standardise([h.score for h in text])
+        v_norm = _standardise([h.score for h in vector])
         for s in table.values():
-            t = s.text_score / top_t if s.text_score is not None and top_t > 0 else 0.0
-            v = (s.vector_score - lo) / span if s.vector_score is not None else 0.0
+            t = t_norm[s.text_rank] if s.text_rank is not None else 0.0
+            v = v_norm[s.vector_rank] if s.vector_rank is not None else 0.0
             s.score = wt * t + (1 - wt) * v
     return sorted(table.values(), key=lambda s: (-s.score, s.chunk_id))
+
+
+def _standardise(scores: Sequence[float]) -> list[float]:
+    """z-scores shifted so the weakest candidate is 0 (a chunk one list lacks scores 0)."""
+    if not scores:
+        return []
+    arr = np.asarray(scores, dtype=np.float64)
+    z = (arr - arr.mean()) / (float(arr.std()) or 1.0)
+    return [float(x) for x in z - z.min()]
 
 
 @dataclass(slots=True)
@@ -154,25 +170,15 @@ class Retriever:
             after = filters.updated_after
             filters = replace(filters, updated_after=max(floor, after or floor))
         n = max(cfg.candidates, top_k)
-        text_hits: list[Hit] = []
-        vector_hits: list[Hit] = []
-        if cfg.mode in ("hybrid", "bm25"):
-            terms = analyze(query)
-            if terms:
-                text_hits = await asyncio.to_thread(
-                    self.store.search_text, collection.id, terms, access, filters, n
-                )
-        if cfg.mode in ("hybrid", "dense"):
-            vec = await self.embed(collection.embedding_model, query)
-            vector_hits = await asyncio.to_thread(
-                self.store.search_vector, collection.id, vec, access, filters, n
+        terms: dict[str, float] = dict(analyze(query)) if cfg.mode != "dense" else {}
+        vec = await self.embed(collection.embedding_model, query) if cfg.mode != "bm25" else None
+        ranked = await asyncio.to_thread(
+            self._rank, collection.id, terms, vec, access, filters, n, cfg
+        )
+        if cfg.feedback_chunks and ranked:
+            ranked = await asyncio.to_thread(
+                self._feedback, collection.id, terms, vec, ranked, access, filters, n, cfg
             )
-        if cfg.mode == "bm25":
-            ranked = [Scored(h.chunk_id, h.score, text_score=h.score) for h in text_hits]
-        elif cfg.mode == "dense":
-            ranked = [Scored(h.chunk_id, h.score, vector_score=h.score) for h in vector_hits]
-        else:
-            ranked = fuse(text_hits, vector_hits, cfg)
         reranking = cfg.rerank_model is not None and self.rerank is not None
         if cfg.recency_half_life_days:  # a recency boost may reorder: keep every candidate
             ranked = ranked[: max(n, top_k)]
@@ -205,6 +211,55 @@ class Retriever:
             results.sort(key=lambda r: (-r.score, r.chunk.chunk_id))
         return results[:top_k]
 
+    def _rank(
+        self,
+        collection_id: str,
+        terms: dict[str, float],
+        vec: Vector | None,
+        access: Access,
+        filters: Filters,
+        n: int,
+        cfg: RetrievalSettings,
+    ) -> list[Scored]:
+        """One retrieval pass (in a worker thread): both retrievers, then fusion."""
+        text_hits = (
+            self.store.search_text(collection_id, terms, access, filters, n) if terms else []
+        )
+        vector_hits = (
+            self.store.search_vector(collection_id, vec, access, filters, n)
+            if vec is not None
+            else []
+        )
+        if cfg.mode == "bm25":
+            return [Scored(h.chunk_id, h.score, text_score=h.score) for h in text_hits]
+        if cfg.mode == "dense":
+            return [Scored(h.chunk_id, h.score, vector_score=h.score) for h in vector_hits]
+        return fuse(text_hits, vector_hits, cfg)
+
+    def _feedback(
+        self,
+        collection_id: str,
+        terms: dict[str, float],
+        vec: Vector | None,
+        ranked: list[Scored],
+        access: Access,
+        filters: Filters,
+        n: int,
+        cfg: RetrievalSettings,
+    ) -> list[Scored]:
+        """Pseudo-relevance feedback: a second pass with the query moved toward the
+        top chunks (Rocchio on the vector, expansion terms for BM25)."""
+        top = [s.chunk_id for s in ranked[: cfg.feedback_chunks]]
+        if terms:
+            views = self.store.chunks(collection_id, top, access)
+            terms = {**terms, **expansion_terms(views, terms, cfg)}
+        if vec is not None:
+            vectors = list(self.store.vectors(collection_id, top, access).values())
+            if vectors:
+                moved = vec + cfg.feedback_vector_weight * np.mean(vectors, axis=0)
+                vec = unit(moved)
+        return self._rank(collection_id, terms, vec, access, filters, n, cfg)
+
     async def search_many(
         self,
         collections: Sequence[Collection],
@@ -229,7 +284,23 @@ class Retriever:
         return merged[:top_k]
 
 
-def unit(vec: Sequence[float]) -> Vector:
+def expansion_terms(
+    views: Sequence[ChunkView], query_terms: Mapping[str, float], cfg: RetrievalSettings
+) -> dict[str, float]:
+    """The terms most frequent (relative to chunk length) in the feedback chunks,
+    not already in the query, each weighted ``feedback_term_weight``."""
+    weight: dict[str, float] = {}
+    for v in views:
+        tf = analyze(v.text)
+        length = sum(tf.values()) or 1
+        for term, count in tf.items():
+            if term not in query_terms:
+                weight[term] = weight.get(term, 0.0) + count / length
+    best = sorted(weight.items(), key=lambda kv: (-kv[1], kv[0]))[: cfg.feedback_terms]
+    return {term: cfg.feedback_term_weight for term, _ in best}
+
+
+def unit(vec: Sequence[float] | Vector) -> Vector:
     """A float32 unit vector."""
     v = np.asarray(vec, dtype=np.float32)
     norm = float(np.linalg.norm(v))

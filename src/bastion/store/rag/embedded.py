@@ -452,7 +452,7 @@ class EmbeddedRagStore:
     def search_text(
         self,
         collection_id: str,
-        terms: Mapping[str, int],
+        terms: Mapping[str, float],
         access: Access,
         filters: Filters,
         limit: int,
@@ -470,3 +470,7 @@ class EmbeddedRagStore:
     ) -> list[Hit]:
         with self._lock:
             return self._index(collection_id).search_vector(vector, access, filters, limit)
+
+    def vectors(self, collection_id: str, ids: Sequence[str], access: Access) -> dict[str, Vector]:
+        with self._lock:
+            return self._index(collection_id).vectors(ids, access)

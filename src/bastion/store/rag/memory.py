@@ -74,6 +74,7 @@ class CollectionIndex:
         self._acl_groups: dict[Acl, int] = {}
         self._doc_group: list[int] = []  # document slot -> ACL group
         self._doc_group_arr: IntArray | None = None
+        self._row_of: dict[str, int] | None = None  # chunk id -> row, built on demand
         self.seq = 0
         """The last change-log entry applied (maintained by the store)."""
 
@@ -89,6 +90,7 @@ class CollectionIndex:
     ) -> None:
         """Add or replace a document with its chunks."""
         self.remove([doc_id])
+        self._row_of = None
         slot = len(self._docs)
         info = DocInfo(doc_id, acl, metadata, updated_at)
         self._docs.append(info)
@@ -113,6 +115,7 @@ class CollectionIndex:
             self._fold()
 
     def remove(self, doc_ids: Iterable[str]) -> None:
+        self._row_of = None
         for doc_id in doc_ids:
             slot = self._doc_slot.pop(doc_id, None)
             if slot is None:
@@ -261,7 +264,7 @@ class CollectionIndex:
         return np.concatenate(parts_r), np.concatenate(parts_t)
 
     def search_text(
-        self, terms: Mapping[str, int], access: Access, filters: Filters, limit: int
+        self, terms: Mapping[str, float], access: Access, filters: Filters, limit: int
     ) -> list[Hit]:
         mask = self.candidates(access, filters)
         n = int(mask.sum())
@@ -285,6 +288,18 @@ class CollectionIndex:
             scores[rows] += qtf * idf * tfs * (BM25_K1 + 1.0) / (tfs + norm)
             touched[rows] = True
         return self._top(scores, np.flatnonzero(touched), limit)
+
+    def vectors(self, ids: Sequence[str], access: Access) -> dict[str, Vector]:
+        """Stored vectors of the given live chunks the caller may see."""
+        if self._row_of is None:
+            self._row_of = {cid: r for r, cid in enumerate(self._ids) if self._alive[r]}
+        mask = self.candidates(access, Filters())
+        out: dict[str, Vector] = {}
+        for cid in ids:
+            r = self._row_of.get(cid)
+            if r is not None and mask[r]:
+                out[cid] = self._vectors[r].copy()
+        return out
 
     def search_vector(
         self, vector: Vector, access: Access, filters: Filters, limit: int
