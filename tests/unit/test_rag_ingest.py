@@ -12,7 +12,7 @@ from numpy.typing import NDArray
 
 from bastion.rag.chunk import WordPieceCounter
 from bastion.rag.extract import discover, extract_file
-from bastion.rag.ingest import IngestReport, Ingestor
+from bastion.rag.ingest import Ingestor, IngestReport
 from bastion.rag.ports import Access, Acl, Collection, Filters
 from bastion.store.rag.embedded import EmbeddedRagStore
 
@@ -65,7 +65,8 @@ def setup(tmp_path: Path) -> tuple[EmbeddedRagStore, Collection, Ingestor, HashE
 
 async def ingest_folder(ing: Ingestor, coll: Collection, folder: Path) -> IngestReport:
     docs = [d for path, root in discover([folder]) for d in extract_file(path, root)]
-    return await ing.ingest(coll, docs, replace_scopes=[folder.resolve().as_uri() + "/"])
+    scope = folder.absolute().as_uri() + "/"
+    return await ing.ingest(coll, docs, replace_scopes=[scope])
 
 
 def stored_chunks(store: EmbeddedRagStore, coll: Collection) -> int:
