@@ -63,10 +63,13 @@ def setup(tmp_path: Path) -> tuple[EmbeddedRagStore, Collection, Ingestor, HashE
     return store, coll, Ingestor(store, emb, WordPieceCounter(), batch_chunks=8), emb, folder
 
 
+def scope_of(folder: Path) -> str:
+    return folder.resolve().as_uri() + "/"
+
+
 async def ingest_folder(ing: Ingestor, coll: Collection, folder: Path) -> IngestReport:
     docs = [d for path, root in discover([folder]) for d in extract_file(path, root)]
-    scope = folder.absolute().as_uri() + "/"
-    return await ing.ingest(coll, docs, replace_scopes=[scope])
+    return await ing.ingest(coll, docs, replace_scopes=[scope_of(folder)])
 
 
 def stored_chunks(store: EmbeddedRagStore, coll: Collection) -> int:
