@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 
 from bastion.testing.server import BastionServer, run_bastion
@@ -115,6 +116,37 @@ def test_reingest_is_incremental_and_a_running_server_sees_it(data: tuple[Path, 
         assert after[0]["document_id"] == "notes.txt"
         assert "Friday" in after[0]["text"] and after[0]["metadata"]["version"] == 2
         assert all(x["document_id"] != "faq.html" for x in ask(srv, "refunds fourteen days"))
+        grounded_chat_on_the_bundled_model(srv)
+
+
+def grounded_chat_on_the_bundled_model(srv: BastionServer) -> None:
+    """The bundled SmolLM2 answers from the collection; citations come back checked."""
+    client = openai.OpenAI(base_url=srv.url, api_key=srv.admin_key, max_retries=0)
+    resp = client.chat.completions.create(
+        model="local-chat",
+        messages=[{"role": "user", "content": "When are the office plants watered?"}],
+        extra_body={"bastion": {"collections": ["kb"], "top_k": 3}},
+        max_tokens=48,
+        temperature=0,
+    )
+    answer = resp.choices[0].message.content or ""
+    assert answer.strip()
+    extra = resp.model_extra or {}
+    assert extra["bastion"]["retrieval"]["sources"] >= 1
+    sentences = extra["bastion"]["grounding"]["sentences"]
+    assert all(s["text"] in answer for s in sentences)
+    for c in extra["citations"]:
+        assert c["collection"] == "kb" and c["uri"].startswith("file://")
+        if c["supported"]:
+            assert c["quote"] and c["document_id"] in {
+                "notes.txt",
+                "guides/install.md",
+                "p1",
+                "p2",
+                "policy.docx",
+                "e1",
+            }
+    assert resp.usage is not None and resp.usage.prompt_tokens > 40  # the sources went in
 
 
 def ask(srv: BastionServer, q: str) -> list[dict[str, object]]:
