@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+import shutil
 import socket
+import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,3 +66,34 @@ def fake(upstream: FakeUpstream) -> FakeUpstream:
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A pgserver (PostgreSQL 16 + pgvector) for the session, RAG schema upgraded.
+
+    Its data lives outside pytest's temporary tree: a concurrent pytest run
+    prunes old ``pytest-N`` directories, which would pull the data from under
+    the server.
+    """
+    from bastion.store.rag.postgres import upgrade
+
+    base = Path(tempfile.mkdtemp(prefix="bastion-pgserver-"))
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (pgserver asks it at import).
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
+        try:
+            import pgserver
+        except ImportError as exc:  # the dev extra is missing: fail in CI, else skip
+            shutil.rmtree(base, ignore_errors=True)
+            if os.environ.get("CI") == "true":
+                pytest.fail(f"pgserver is not installed: {exc}")
+            pytest.skip(f"pgserver is not installed: {exc}")
+        server = pgserver.get_server(base / "data", cleanup_mode="stop")
+    try:
+        url = server.get_uri()
+        upgrade(url)
+        yield url
+    finally:
+        server.cleanup()
+        shutil.rmtree(base, ignore_errors=True)

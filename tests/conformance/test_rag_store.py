@@ -10,11 +10,7 @@ at the end loads one random corpus into both and compares their answers.
 
 from __future__ import annotations
 
-import os
 import random
-import shutil
-import tempfile
-import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -47,37 +43,6 @@ from tests.conformance.rag_fixtures import (
     truncate,
     unit,
 )
-
-
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """A pgserver (PostgreSQL 16 + pgvector) for the session, RAG schema upgraded.
-
-    Its data lives outside pytest's temporary tree: a concurrent pytest run
-    prunes old ``pytest-N`` directories, which would pull the data from under
-    the server.
-    """
-    from bastion.store.rag.postgres import upgrade
-
-    base = Path(tempfile.mkdtemp(prefix="bastion-pgserver-"))
-    with warnings.catch_warnings():
-        # platformdirs warns when XDG_RUNTIME_DIR is unset (pgserver asks it at import).
-        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
-        try:
-            import pgserver
-        except ImportError as exc:  # the dev extra is missing: fail in CI, else skip
-            shutil.rmtree(base, ignore_errors=True)
-            if os.environ.get("CI") == "true":
-                pytest.fail(f"pgserver is not installed: {exc}")
-            pytest.skip(f"pgserver is not installed: {exc}")
-        server = pgserver.get_server(base / "data", cleanup_mode="stop")
-    try:
-        url = server.get_uri()
-        upgrade(url)
-        yield url
-    finally:
-        server.cleanup()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(params=["embedded", "postgres"])
