@@ -52,16 +52,19 @@ from bastion.core.errors import (
 )
 from bastion.core.types import JSON, ChatRequest, EmbeddingRequest
 from bastion.providers.base import CallContext
-from bastion.providers.local_chat import MAX_EMBED_INPUTS as MAX_EMBED_INPUTS
-from bastion.providers.local_chat import build_params as build_params
-from bastion.providers.local_chat import chunk_delta as chunk_delta
 from bastion.providers.local_chat import (
+    JSON_ATTEMPTS,
     chunk_head,
     completion_body,
     embed_texts,
     embeddings_body,
+    json_ok,
+    retry_params,
     stream_choice,
 )
+from bastion.providers.local_chat import MAX_EMBED_INPUTS as MAX_EMBED_INPUTS
+from bastion.providers.local_chat import build_params as build_params
+from bastion.providers.local_chat import chunk_delta as chunk_delta
 from bastion.providers.local_chat import tool_calls_of as tool_calls_of
 from bastion.providers.local_embed import OnnxEmbedder, available_cores
 from bastion.providers.local_gate import Gate as Gate
@@ -256,6 +259,14 @@ class LocalProvider:
             if not self.prefix_cache:
                 llm.reset()  # re-evaluate the whole prompt: same request, same output
             result = llm.create_chat_completion(**params)
+            fmt = params.get("response_format")
+            if not params["stream"] and fmt is not None:
+                for attempt in range(1, JSON_ATTEMPTS):
+                    text = result["choices"][0]["message"].get("content") or ""
+                    if json_ok(text, fmt) or run.cancel.is_set():
+                        break
+                    llm.reset()
+                    result = llm.create_chat_completion(**retry_params(params, attempt))
             if not params["stream"]:
                 return result
             try:

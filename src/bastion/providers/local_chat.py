@@ -59,6 +59,36 @@ def _response_format(rf: dict[str, Any] | None) -> dict[str, Any] | None:
     raise InvalidRequest(f"unsupported response_format type {kind!r}", param="response_format")
 
 
+JSON_ATTEMPTS = 3
+
+
+def json_ok(text: str, fmt: dict[str, Any]) -> bool:
+    """Whether ``text`` is the JSON ``fmt`` (a llama.cpp ``response_format``) asks for.
+
+    llama.cpp enforces the format with a grammar, but some builds let greedy
+    sampling step outside it; the provider then retries with other seeds.
+    """
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return False
+    schema = fmt.get("schema")
+    if not schema:
+        return isinstance(value, dict)
+    import jsonschema
+
+    try:
+        jsonschema.validate(value, schema)
+    except (jsonschema.ValidationError, jsonschema.SchemaError):
+        return False
+    return True
+
+
+def retry_params(params: dict[str, Any], attempt: int) -> dict[str, Any]:
+    """The parameters of the ``attempt``-th retry of a JSON answer: sampled, seeded."""
+    return {**params, "temperature": 0.7, "seed": 1000 + attempt}
+
+
 def _forced_tool(request: ChatRequest) -> dict[str, Any] | None:
     """The one function ``tool_choice`` forces, if any (see the module docs)."""
     tools, choice = request.tools or [], request.tool_choice
