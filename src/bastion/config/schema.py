@@ -114,6 +114,7 @@ ScannerType = Literal[
     "injection_rules",
     "injection_classifier",
     "pii",
+    "ner",
     "secrets",
     "deny_list",
     "toxicity",
@@ -127,7 +128,9 @@ class ScannerConfig(Strict):
     type: ScannerType
     action: Literal["block", "redact", "flag"] = "block"
     threshold: float = Field(default=0.5, ge=0, le=1, description="Minimum finding score.")
-    entities: list[str] | None = Field(default=None, description="pii/secrets: types to report.")
+    entities: list[str] | None = Field(
+        default=None, description="pii/ner/secrets: types to report."
+    )
     keywords: list[str] = Field(default_factory=list, description="deny_list: words.")
     regexes: list[str] = Field(default_factory=list, description="deny_list: patterns.")
     topics: dict[str, list[str]] = Field(default_factory=dict, description="deny_list: topics.")

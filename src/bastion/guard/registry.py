@@ -3,7 +3,10 @@
 ``injection`` is the layered detector: rules over normalised and decoded
 text, then the learned classifier (its findings are simply merged; the
 pipeline's threshold applies to each). Models behind scanners load lazily on
-first use and are shared by every pipeline that names the same type.
+first use and are shared by every pipeline that names the same type. ``ner``
+needs the optional ``ner`` extra; without it, building the scanner raises
+:class:`~bastion.guard.ner.NerUnavailable` (``400 unsupported``), whose
+message names the extra.
 """
 
 from __future__ import annotations
@@ -50,6 +53,10 @@ def build_scanner(cfg: ScannerConfig) -> Scanner:
         from bastion.guard.pii import PiiScanner
 
         return PiiScanner(entities=cfg.entities) if cfg.entities else PiiScanner()
+    if kind == "ner":  # optional extra: raises NerUnavailable (naming it) when not installed
+        from bastion.guard.ner import NerScanner
+
+        return NerScanner(entities=cfg.entities or None)
     if kind == "secrets":
         from bastion.guard.secrets import SecretsScanner
 
