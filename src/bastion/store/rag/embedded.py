@@ -39,7 +39,7 @@ from bastion.rag.ports import (
     Hit,
     Vector,
 )
-from bastion.store.rag.memory import CollectionIndex, IndexedChunk
+from bastion.store.rag.memory import CollectionIndex, DocInfo, IndexedChunk
 
 SCHEMA_VERSION = 1
 
@@ -417,14 +417,20 @@ class EmbeddedRagStore:
             "SELECT coalesce(max(seq), 0) FROM rag_changes WHERE collection_id=?",
             (collection_id,),
         ).fetchone()[0]
-        self._fill(index, collection_id, None)
-        index.fold()
+        index.load(self._read(collection_id, None))
         index.seq = int(seq)
         self._indexes[collection_id] = index
         return index
 
-    def _fill(self, index: CollectionIndex, collection_id: str, doc_ids: list[str] | None) -> None:
-        """Put documents (all, or ``doc_ids`` where they still exist) into ``index``."""
+    def _fill(self, index: CollectionIndex, collection_id: str, doc_ids: list[str]) -> None:
+        """Put documents ``doc_ids`` (those that still exist) into ``index``."""
+        for info, chunks in self._read(collection_id, doc_ids):
+            index.put(info.id, info.acl, info.metadata, info.updated_at, chunks)
+
+    def _read(
+        self, collection_id: str, doc_ids: list[str] | None
+    ) -> list[tuple[DocInfo, list[IndexedChunk]]]:
+        """Documents (all, or ``doc_ids``) with their chunks, as the index takes them."""
         where, params = "collection_id=?", [collection_id]
         if doc_ids is not None:
             where += f" AND {{col}} IN ({','.join('?' * len(doc_ids))})"
@@ -445,9 +451,12 @@ class EmbeddedRagStore:
                     chunk_id, doc_id, json.loads(terms), np.frombuffer(blob, dtype=np.float32)
                 )
             )
+        out = []
         for row in docs:
             doc = _document(row)
-            index.put(doc.id, doc.acl, doc.metadata, doc.updated_at, by_doc.get(doc.id, []))
+            info = DocInfo(doc.id, doc.acl, doc.metadata, doc.updated_at)
+            out.append((info, by_doc.get(doc.id, [])))
+        return out
 
     def search_text(
         self,

@@ -15,6 +15,7 @@ caller's scores do not depend on documents it cannot see.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -113,6 +114,46 @@ class CollectionIndex:
                 self._delta_size += 1
         if self._delta_size > max(50_000, len(self._base_rows) // 4):
             self._fold()
+
+    def load(self, docs: Iterable[tuple[DocInfo, Sequence[IndexedChunk]]]) -> None:
+        """Fill an empty index in one pass: postings go straight into sorted arrays."""
+        term_ids: dict[str, int] = {}
+        col_terms = array("l")
+        col_rows = array("l")
+        col_tfs = array("d")
+        for info, chunks in docs:
+            slot = len(self._docs)
+            info.rows = []
+            self._docs.append(info)
+            self._doc_slot[info.id] = slot
+            self._doc_group.append(self._acl_groups.setdefault(info.acl, len(self._acl_groups)))
+            self._reserve(self._size + len(chunks))
+            for chunk in chunks:
+                row = self._size
+                self._size += 1
+                self._ids.append(chunk.id)
+                self._doc_of[row] = slot
+                self._lengths[row] = float(sum(chunk.terms.values()))
+                self._alive[row] = True
+                self._vectors[row] = chunk.embedding
+                info.rows.append(row)
+                for term, tf in chunk.terms.items():
+                    tid = term_ids.get(term)
+                    if tid is None:
+                        tid = term_ids[term] = len(term_ids)
+                    col_terms.append(tid)
+                    col_rows.append(row)
+                    col_tfs.append(tf)
+        self._doc_group_arr = None
+        self._row_of = None
+        terms = np.frombuffer(col_terms, dtype=np.int64) if col_terms else np.zeros(0, np.int64)
+        order = np.argsort(terms, kind="stable")
+        self._base_rows = np.frombuffer(col_rows, dtype=np.int64)[order] if col_rows else terms
+        self._base_tfs = np.frombuffer(col_tfs, dtype=np.float64)[order] if col_tfs else np.zeros(0)
+        sorted_terms = terms[order]
+        starts = np.searchsorted(sorted_terms, np.arange(len(term_ids)), side="left")
+        ends = np.searchsorted(sorted_terms, np.arange(len(term_ids)), side="right")
+        self._terms = {term: (int(starts[tid]), int(ends[tid])) for term, tid in term_ids.items()}
 
     def remove(self, doc_ids: Iterable[str]) -> None:
         self._row_of = None
