@@ -350,12 +350,10 @@ class CollectionIndex:
         if not len(rows) or limit <= 0:
             return []
         q = np.asarray(vector, dtype=np.float32)
-        if len(rows) == self._size:
-            sims = self._vectors[: self._size] @ q
-            scores = sims.astype(np.float64)
-        else:
-            scores = np.zeros(self._size, dtype=np.float64)
-            scores[rows] = self._vectors[rows] @ q
+        # One matrix-vector product over every row beats gathering the visible
+        # rows first (a copy of most of the matrix); invisible rows are never
+        # candidates of _top, whatever their product.
+        scores = (self._vectors[: self._size] @ q).astype(np.float64)
         return self._top(scores, rows, limit)
 
     def _top(self, scores: FloatArray, rows: IntArray, limit: int) -> list[Hit]:
