@@ -350,10 +350,12 @@ class EmbeddedRagStore:
             rows = self._conn.execute(
                 "SELECT c.id, c.document_id, c.ordinal, c.text, c.tokens, c.metadata, d.source, "
                 "d.title, d.version, d.updated_at, d.metadata, d.acl_teams, d.acl_keys "
-                "FROM rag_chunks c JOIN rag_documents d "
+                # INDEXED BY: the planner would otherwise walk the collection's
+                # (collection_id, document_id) index, reading every chunk.
+                "FROM rag_chunks c INDEXED BY sqlite_autoindex_rag_chunks_1 JOIN rag_documents d "
                 "ON d.collection_id = c.collection_id AND d.id = c.document_id "
-                f"WHERE c.collection_id=? AND c.id IN ({marks})",
-                (collection_id, *ids),
+                f"WHERE c.id IN ({marks}) AND c.collection_id=?",
+                (*ids, collection_id),
             ).fetchall()
         found: dict[str, ChunkView] = {}
         for r in rows:
