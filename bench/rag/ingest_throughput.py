@@ -34,6 +34,7 @@ from bastion.rag.chunk import WordPieceCounter
 from bastion.rag.extract import discover, extract_file
 from bastion.rag.ingest import Ingestor
 from bastion.rag.ports import Collection
+from bastion.rag.retrieve import embedding_vectors
 from bastion.store.rag.embedded import EmbeddedRagStore
 
 CRANFIELD = Path(__file__).resolve().parents[3] / "shared/data/ir/cranfield/corpus.jsonl"
@@ -69,8 +70,7 @@ async def main() -> None:
     async def embed(alias: str, texts: list[str]) -> tuple[NDArray[np.float32], int]:
         ctx = CallContext("bench-" + uuid.uuid4().hex[:8])
         _, body = await gateway.embed(plan, EmbeddingRequest(model=alias, input=texts), ctx)
-        vectors = np.asarray([d["embedding"] for d in body["data"]], dtype=np.float32)
-        return vectors, int(body["usage"]["prompt_tokens"])
+        return embedding_vectors(body, len(texts)), int(body["usage"]["prompt_tokens"])
 
     await embed("local-embed", ["warm up the model"])  # load outside the timing
     with tempfile.TemporaryDirectory() as tmp:

@@ -30,7 +30,7 @@ from bastion.providers.base import CallContext
 from bastion.rag.chunk import TokenCounter
 from bastion.rag.ingest import Ingestor
 from bastion.rag.ports import Access, Collection, RagStore
-from bastion.rag.retrieve import RetrievalSettings, Retriever
+from bastion.rag.retrieve import RetrievalSettings, Retriever, embedding_vectors
 from bastion.telemetry.logging import event
 from bastion.telemetry.usage import UsageRecord
 
@@ -129,13 +129,10 @@ async def embed_texts(
 
     body = await _metered(app, principal, alias, "embedding", texts, call, rid=rid)
     tokens = int((body.get("usage") or {}).get("prompt_tokens") or 0)
-    data = sorted(body.get("data") or [], key=lambda d: int(d.get("index", 0)))
-    vectors = np.asarray([d["embedding"] for d in data], dtype=np.float32)
-    if vectors.shape[0] != len(texts):
-        raise Unsupported("the embedding model returned a different number of vectors")
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    out: NDArray[np.float32] = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
-    return out, tokens
+    try:
+        return embedding_vectors(body, len(texts)), tokens
+    except ValueError as exc:
+        raise Unsupported(f"the embedding model's answer does not fit: {exc}") from None
 
 
 async def rerank_texts(

@@ -33,7 +33,7 @@ from bastion.api.rag import Job, access_of, embed_texts, require_writer, tenant_
 from bastion.api.rag_upload import parse_upload
 from bastion.core.errors import InvalidRequest, NotFound
 from bastion.gateway.auth import Principal
-from bastion.rag.extract import SourceDocument
+from bastion.rag.extract import Section, SourceDocument
 from bastion.rag.ports import Acl, Collection, Document, Filters
 
 if TYPE_CHECKING:
@@ -237,10 +237,7 @@ async def _ingest(app: BastionApp, ex: Exchange, principal: Principal, name: str
     else:
         body = parse(DocumentsBody.model_validate, await ex.req.json(limit))
         acl, run_async = body.acl.acl(), body.run_async
-        docs = []
-        for i, d in enumerate(body.documents):
-            doc_id = d.id or f"doc-{uuid.uuid4().hex[:16]}"
-            docs.append(_source_document(doc_id, d, i))
+        docs = [_source_document(d.id or f"doc-{uuid.uuid4().hex[:16]}", d) for d in body.documents]
     existing = rag.store.get_collection(tenant_of(principal), name)
     if existing is None:
         spec = parse(CollectionBody.model_validate, {"name": name})
@@ -269,9 +266,7 @@ async def _ingest(app: BastionApp, ex: Exchange, principal: Principal, name: str
     await ex.respond(200, dumps(await run()))
 
 
-def _source_document(doc_id: str, d: DocumentBody, index: int) -> SourceDocument:
-    from bastion.rag.extract import Section
-
+def _source_document(doc_id: str, d: DocumentBody) -> SourceDocument:
     return SourceDocument(
         id=doc_id,
         title=d.title,

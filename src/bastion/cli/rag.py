@@ -32,6 +32,7 @@ from bastion.gateway.service import Gateway
 from bastion.gateway.tenancy import DEFAULT_TENANT
 from bastion.providers.base import CallContext
 from bastion.rag.ports import Access, Acl, Collection, Filters, RagStore
+from bastion.rag.retrieve import embedding_vectors
 
 rag_app = typer.Typer(no_args_is_help=True, help="Retrieval: collections and queries.")
 Policy_ = Annotated[
@@ -66,10 +67,8 @@ def _embedder(gateway: Gateway) -> Any:
         plan = gateway.rt.plans[alias]
         ctx = CallContext("cli-ingest-" + uuid.uuid4().hex[:12])
         _, body = await gateway.embed(plan, EmbeddingRequest(model=alias, input=texts), ctx)
-        data = sorted(body["data"], key=lambda d: int(d.get("index", 0)))
-        vectors = np.asarray([d["embedding"] for d in data], dtype=np.float32)
-        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        return vectors, int((body.get("usage") or {}).get("prompt_tokens") or 0)
+        tokens = int((body.get("usage") or {}).get("prompt_tokens") or 0)
+        return embedding_vectors(body, len(texts)), tokens
 
     return embed
 

@@ -25,9 +25,10 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
+from numpy.typing import NDArray
 
 from bastion.rag.lexical import analyze
 from bastion.rag.ports import Access, ChunkView, Collection, Filters, Hit, RagStore, Vector
@@ -298,6 +299,18 @@ def expansion_terms(
                 weight[term] = weight.get(term, 0.0) + count / length
     best = sorted(weight.items(), key=lambda kv: (-kv[1], kv[0]))[: cfg.feedback_terms]
     return {term: cfg.feedback_term_weight for term, _ in best}
+
+
+def embedding_vectors(body: Mapping[str, Any], count: int) -> NDArray[np.float32]:
+    """Unit vectors, in input order, from an OpenAI ``/embeddings`` answer for ``count``
+    texts (``ValueError`` when it holds another number of vectors)."""
+    data = sorted(body.get("data") or [], key=lambda d: int(d.get("index", 0)))
+    vectors = np.asarray([d["embedding"] for d in data], dtype=np.float32)
+    if vectors.shape[0] != count:
+        raise ValueError(f"expected {count} embeddings, got {vectors.shape[0]}")
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    out: NDArray[np.float32] = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+    return out
 
 
 def unit(vec: Sequence[float] | Vector) -> Vector:

@@ -132,6 +132,11 @@ _DOC_COLS = (
 )
 
 
+def _acl(teams: str, keys: str) -> Acl:
+    """A document's ACL from its two JSON columns."""
+    return Acl(teams=tuple(json.loads(teams)), keys=tuple(json.loads(keys)))
+
+
 def _document(row: Sequence[Any]) -> Document:
     return Document(
         id=row[0],
@@ -141,7 +146,7 @@ def _document(row: Sequence[Any]) -> Document:
         title=row[4],
         version=int(row[5]),
         metadata=json.loads(row[6]),
-        acl=Acl(teams=tuple(json.loads(row[7])), keys=tuple(json.loads(row[8]))),
+        acl=_acl(row[7], row[8]),
         ingested_at=float(row[9]),
         updated_at=float(row[10]),
         chunk_count=int(row[11]),
@@ -359,7 +364,7 @@ class EmbeddedRagStore:
             ).fetchall()
         found: dict[str, ChunkView] = {}
         for r in rows:
-            acl = Acl(teams=tuple(json.loads(r[11])), keys=tuple(json.loads(r[12])))
+            acl = _acl(r[11], r[12])
             if not acl.allows(access):
                 continue
             found[r[0]] = ChunkView(
@@ -385,7 +390,7 @@ class EmbeddedRagStore:
             ).fetchall()
         docs = chunks = 0
         for teams, keys, count in rows:
-            if Acl(teams=tuple(json.loads(teams)), keys=tuple(json.loads(keys))).allows(access):
+            if _acl(teams, keys).allows(access):
                 docs += 1
                 chunks += int(count)
         return docs, chunks

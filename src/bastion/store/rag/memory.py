@@ -91,14 +91,24 @@ class CollectionIndex:
     ) -> None:
         """Add or replace a document with its chunks."""
         self.remove([doc_id])
-        self._row_of = None
-        slot = len(self._docs)
         info = DocInfo(doc_id, acl, metadata, updated_at)
+        self._append(info, chunks)
+        for row, chunk in zip(info.rows, chunks, strict=True):
+            for term, tf in chunk.terms.items():
+                self._delta.setdefault(term, []).append((row, tf))
+                self._delta_size += 1
+        if self._delta_size > max(50_000, len(self._base_rows) // 4):
+            self._fold()
+
+    def _append(self, info: DocInfo, chunks: Sequence[IndexedChunk]) -> None:
+        """A new document slot and a row per chunk (postings are the caller's)."""
+        slot = len(self._docs)
+        info.rows = []
         self._docs.append(info)
-        self._doc_slot[doc_id] = slot
-        group = self._acl_groups.setdefault(acl, len(self._acl_groups))
-        self._doc_group.append(group)
+        self._doc_slot[info.id] = slot
+        self._doc_group.append(self._acl_groups.setdefault(info.acl, len(self._acl_groups)))
         self._doc_group_arr = None
+        self._row_of = None
         self._reserve(self._size + len(chunks))
         for chunk in chunks:
             row = self._size
@@ -109,11 +119,6 @@ class CollectionIndex:
             self._alive[row] = True
             self._vectors[row] = chunk.embedding
             info.rows.append(row)
-            for term, tf in chunk.terms.items():
-                self._delta.setdefault(term, []).append((row, tf))
-                self._delta_size += 1
-        if self._delta_size > max(50_000, len(self._base_rows) // 4):
-            self._fold()
 
     def load(self, docs: Iterable[tuple[DocInfo, Sequence[IndexedChunk]]]) -> None:
         """Fill an empty index in one pass: postings go straight into sorted arrays."""
@@ -122,21 +127,8 @@ class CollectionIndex:
         col_rows = array("l")
         col_tfs = array("d")
         for info, chunks in docs:
-            slot = len(self._docs)
-            info.rows = []
-            self._docs.append(info)
-            self._doc_slot[info.id] = slot
-            self._doc_group.append(self._acl_groups.setdefault(info.acl, len(self._acl_groups)))
-            self._reserve(self._size + len(chunks))
-            for chunk in chunks:
-                row = self._size
-                self._size += 1
-                self._ids.append(chunk.id)
-                self._doc_of[row] = slot
-                self._lengths[row] = float(sum(chunk.terms.values()))
-                self._alive[row] = True
-                self._vectors[row] = chunk.embedding
-                info.rows.append(row)
+            self._append(info, chunks)
+            for row, chunk in zip(info.rows, chunks, strict=True):
                 for term, tf in chunk.terms.items():
                     tid = term_ids.get(term)
                     if tid is None:
@@ -144,8 +136,6 @@ class CollectionIndex:
                     col_terms.append(tid)
                     col_rows.append(row)
                     col_tfs.append(tf)
-        self._doc_group_arr = None
-        self._row_of = None
         terms = np.frombuffer(col_terms, dtype=np.int64) if col_terms else np.zeros(0, np.int64)
         order = np.argsort(terms, kind="stable")
         self._base_rows = np.frombuffer(col_rows, dtype=np.int64)[order] if col_rows else terms
