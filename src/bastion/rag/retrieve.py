@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -40,6 +41,9 @@ Reranker = Callable[[str, str, list[str]], Awaitable[list[float]]]
 """``(rerank model alias, query, texts) -> a relevance score per text``, through the gateway."""
 
 Mode = Literal["hybrid", "bm25", "dense"]
+
+_SIDE = ThreadPoolExecutor(max_workers=4, thread_name_prefix="bastion-rag-vector")
+"""Runs a hybrid query's vector search beside its BM25 scoring."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,15 +226,28 @@ class Retriever:
         n: int,
         cfg: RetrievalSettings,
     ) -> list[Scored]:
-        """One retrieval pass (in a worker thread): both retrievers, then fusion."""
+        """One retrieval pass (in a worker thread): both retrievers, then fusion.
+
+        In hybrid mode the vector search runs in a second thread while this one
+        scores BM25 (numpy and faiss release the GIL), so a query costs about
+        the slower of the two rather than their sum.
+        """
+        want_text = bool(terms) and cfg.mode != "dense"
+        want_vec = vec is not None and cfg.mode != "bm25"
+        pending = (
+            _SIDE.submit(self.store.search_vector, collection_id, vec, access, filters, n)
+            if want_vec and want_text and vec is not None
+            else None
+        )
         text_hits = (
-            self.store.search_text(collection_id, terms, access, filters, n) if terms else []
+            self.store.search_text(collection_id, terms, access, filters, n) if want_text else []
         )
-        vector_hits = (
-            self.store.search_vector(collection_id, vec, access, filters, n)
-            if vec is not None
-            else []
-        )
+        if pending is not None:
+            vector_hits = pending.result()
+        elif want_vec and vec is not None:
+            vector_hits = self.store.search_vector(collection_id, vec, access, filters, n)
+        else:
+            vector_hits = []
         if cfg.mode == "bm25":
             return [Scored(h.chunk_id, h.score, text_score=h.score) for h in text_hits]
         if cfg.mode == "dense":

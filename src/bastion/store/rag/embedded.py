@@ -20,7 +20,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +161,10 @@ class EmbeddedRagStore:
         self.path = Path(path)
         self._conn = _connect(self.path)
         self._lock = threading.RLock()
+        # searches run concurrently (BM25 and vectors of one query in two
+        # threads); changing an index waits until no search is reading it
+        self._idle = threading.Condition(self._lock)
+        self._readers = 0
         self._indexes: dict[str, CollectionIndex] = {}
 
     def close(self) -> None:
@@ -397,6 +402,32 @@ class EmbeddedRagStore:
 
     # ---- search ---------------------------------------------------------------
 
+    def _wait_for_readers(self) -> None:
+        """With the lock held: wait until no search reads an index."""
+        while self._readers:
+            self._idle.wait()
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """The lock, with no search reading (for the graph builder's hand-over)."""
+        with self._lock:
+            self._wait_for_readers()
+            yield
+
+    @contextmanager
+    def _reading(self, collection_id: str) -> Iterator[CollectionIndex]:
+        """The collection's index, up to date, for one search that shares it."""
+        with self._lock:
+            index = self._index(collection_id)
+            self._readers += 1
+        try:
+            yield index
+        finally:
+            with self._lock:
+                self._readers -= 1
+                if not self._readers:
+                    self._idle.notify_all()
+
     def _index(self, collection_id: str) -> CollectionIndex:
         """The collection's index, loaded on first use and brought up to date."""
         entry = self._indexes.get(collection_id)
@@ -408,6 +439,7 @@ class EmbeddedRagStore:
             (collection_id, index.seq),
         ).fetchall()
         if rows:
+            self._wait_for_readers()
             changed = list(dict.fromkeys(r[1] for r in rows))
             index.remove(changed)
             for i in range(0, len(changed), 500):
@@ -419,7 +451,7 @@ class EmbeddedRagStore:
         dims_row = self._conn.execute(
             "SELECT dimensions FROM rag_collections WHERE id=?", (collection_id,)
         ).fetchone()
-        index = CollectionIndex(int(dims_row[0]) if dims_row else 384)
+        index = CollectionIndex(int(dims_row[0]) if dims_row else 384, exclusive=self._exclusive)
         seq = self._conn.execute(
             "SELECT coalesce(max(seq), 0) FROM rag_changes WHERE collection_id=?",
             (collection_id,),
@@ -473,8 +505,8 @@ class EmbeddedRagStore:
         filters: Filters,
         limit: int,
     ) -> list[Hit]:
-        with self._lock:
-            return self._index(collection_id).search_text(terms, access, filters, limit)
+        with self._reading(collection_id) as index:
+            return index.search_text(terms, access, filters, limit)
 
     def search_vector(
         self,
@@ -484,9 +516,9 @@ class EmbeddedRagStore:
         filters: Filters,
         limit: int,
     ) -> list[Hit]:
-        with self._lock:
-            return self._index(collection_id).search_vector(vector, access, filters, limit)
+        with self._reading(collection_id) as index:
+            return index.search_vector(vector, access, filters, limit)
 
     def vectors(self, collection_id: str, ids: Sequence[str], access: Access) -> dict[str, Vector]:
-        with self._lock:
-            return self._index(collection_id).vectors(ids, access)
+        with self._reading(collection_id) as index:
+            return index.vectors(ids, access)

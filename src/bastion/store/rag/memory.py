@@ -15,14 +15,17 @@ caller's scores do not depend on documents it cannot see.
 
 from __future__ import annotations
 
+import threading
 from array import array
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
 
 from bastion.rag.ports import BM25_B, BM25_K1, Access, Acl, Filters, Hit, Vector
+from bastion.store.rag import ann
 
 IntArray = NDArray[np.int64]
 FloatArray = NDArray[np.float64]
@@ -52,11 +55,29 @@ class IndexedChunk:
 class CollectionIndex:
     """BM25 and exact inner-product search over one collection's chunks.
 
-    Not thread-safe by itself: the embedded store serialises access.
+    Searches only read, so several may run at once; changes must not overlap
+    a search: the embedded store guarantees that, and ``exclusive`` is its
+    context for the background graph builder (:mod:`.ann`) to take before it
+    snapshots or installs a graph.
+    ``ann_min_rows`` is the live-chunk count from which a graph is built
+    (None: never); searches over more than ``exact_max`` candidates use it.
     """
 
-    def __init__(self, dimensions: int) -> None:
+    def __init__(
+        self,
+        dimensions: int,
+        exclusive: Callable[[], AbstractContextManager[object]] | None = None,
+        ann_min_rows: int | None = ann.ANN_MIN_ROWS,
+        exact_max: int = ann.EXACT_MAX_CANDIDATES,
+    ) -> None:
         self.dimensions = dimensions
+        own = threading.RLock()
+        self._exclusive = exclusive or (lambda: own)
+        self._ann_min_rows = ann_min_rows if ann.available() else None
+        self._exact_max = exact_max
+        self._graph: ann.HnswGraph | None = None
+        self._generation = 0  # bumped when rows are renumbered
+        self._builder: ann.GraphBuilder | None = None
         self._ids: list[str] = []
         self._doc_of = np.zeros(0, dtype=np.int64)  # row -> document slot
         self._lengths = np.zeros(0, dtype=np.float64)
@@ -119,6 +140,8 @@ class CollectionIndex:
             self._alive[row] = True
             self._vectors[row] = chunk.embedding
             info.rows.append(row)
+        if self._graph is not None:
+            self._graph.add(self._vectors[self._graph.size : self._size])
 
     def load(self, docs: Iterable[tuple[DocInfo, Sequence[IndexedChunk]]]) -> None:
         """Fill an empty index in one pass: postings go straight into sorted arrays."""
@@ -144,6 +167,7 @@ class CollectionIndex:
         starts = np.searchsorted(sorted_terms, np.arange(len(term_ids)), side="left")
         ends = np.searchsorted(sorted_terms, np.arange(len(term_ids)), side="right")
         self._terms = {term: (int(starts[tid]), int(ends[tid])) for term, tid in term_ids.items()}
+        self._maybe_build()
 
     def remove(self, doc_ids: Iterable[str]) -> None:
         self._row_of = None
@@ -248,6 +272,43 @@ class CollectionIndex:
         self._doc_group = groups
         self._doc_group_arr = None
         self._dead = 0
+        self._graph = None  # row numbers changed: the graph is rebuilt
+        self._generation += 1
+        self._maybe_build()
+
+    # ---- the approximate graph ---------------------------------------------
+
+    def _maybe_build(self) -> None:
+        """Start a background graph build when the collection is big enough."""
+        if self._ann_min_rows is None or self._graph is not None:
+            return
+        if self.live_chunks < self._ann_min_rows:
+            return
+        if self._builder is None:
+            self._builder = ann.GraphBuilder(
+                self.dimensions, self._exclusive, self._snapshot, self._install
+            )
+        self._builder.start()
+
+    def _snapshot(self) -> tuple[int, NDArray[np.float32]] | None:
+        if self._graph is not None or self._ann_min_rows is None:
+            return None
+        if self.live_chunks < self._ann_min_rows:
+            return None
+        return self._generation, self._vectors[: self._size].copy()
+
+    def _install(self, graph: ann.HnswGraph, generation: int) -> bool:
+        if generation != self._generation:
+            return False  # rows were renumbered during the build: the builder retries
+        graph.add(self._vectors[graph.size : self._size])  # rows added during the build
+        self._graph = graph
+        return True
+
+    def wait_for_graph(self, timeout: float | None = None) -> bool:
+        """Block until a running graph build ends; True when a graph is in use."""
+        if self._builder is not None:
+            self._builder.done.wait(timeout)
+        return self._graph is not None
 
     # ---- reads --------------------------------------------------------------
 
@@ -303,22 +364,23 @@ class CollectionIndex:
             return []
         lengths = self._lengths[: self._size]
         avgdl = float(lengths[mask].mean()) or 1.0
+        # the length normalisation of every row once, rather than per posting
+        norm = BM25_K1 * (1.0 - BM25_B + BM25_B * lengths / avgdl)
         scores = np.zeros(self._size, dtype=np.float64)
-        touched = np.zeros(self._size, dtype=bool)
         for term, qtf in terms.items():
             rows, tfs = self._postings(term)
             if not len(rows):
                 continue
             keep = mask[rows]
-            rows, tfs = rows[keep], tfs[keep]
+            rows = rows[keep]
             df = len(rows)
             if df == 0:
                 continue
+            tfs = tfs[keep]
             idf = np.log(1.0 + (n - df + 0.5) / (df + 0.5))
-            norm = BM25_K1 * (1.0 - BM25_B + BM25_B * lengths[rows] / avgdl)
-            scores[rows] += qtf * idf * tfs * (BM25_K1 + 1.0) / (tfs + norm)
-            touched[rows] = True
-        return self._top(scores, np.flatnonzero(touched), limit)
+            scores[rows] += (qtf * idf * (BM25_K1 + 1.0)) * tfs / (tfs + norm[rows])
+        # every term's contribution is positive (idf > 0, tf > 0): scored rows are non-zero
+        return self._top(scores, np.flatnonzero(scores), limit)
 
     def vectors(self, ids: Sequence[str], access: Access) -> dict[str, Vector]:
         """Stored vectors of the given live chunks the caller may see."""
@@ -340,6 +402,13 @@ class CollectionIndex:
         if not len(rows) or limit <= 0:
             return []
         q = np.asarray(vector, dtype=np.float32)
+        if self._graph is not None and len(rows) > self._exact_max:
+            found, picked = self._graph.search(q, mask[: self._graph.size], limit)
+            if len(picked) >= min(limit, len(rows)):
+                ranked = sorted(
+                    (-float(v), self._ids[int(r)]) for v, r in zip(found, picked, strict=True)
+                )
+                return [Hit(chunk_id, -neg) for neg, chunk_id in ranked]
         # One matrix-vector product over every row beats gathering the visible
         # rows first (a copy of most of the matrix); invisible rows are never
         # candidates of _top, whatever their product.
