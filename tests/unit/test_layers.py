@@ -34,6 +34,9 @@ PORTS = {  # port modules the store may implement
     "bastion.telemetry.usage",
     "bastion.telemetry.payloads",
     "bastion.rag.ports",
+    "bastion.evals.ports",
+    "bastion.evals.types",
+    "bastion.prompts.ports",
 }
 
 

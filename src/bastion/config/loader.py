@@ -10,15 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from bastion.config.schema import Policy, RouteConfig
 from bastion.core.errors import PolicyError
 
 Loc = tuple[str | int, ...]
+M = TypeVar("M", bound=BaseModel)
 
 
 Where = tuple[str, int]
@@ -143,6 +144,40 @@ def _loc_text(loc: Loc) -> str:
     return ".".join(str(p) for p in loc) or "(top level)"
 
 
+def validate_yaml(model: type[M], text: str, filename: str) -> M:
+    """Validate YAML text against any pydantic model, problems as ``file:line: reason``.
+
+    The same reporting as policy files, for the other YAML documents Bastion
+    reads (eval suites, red-team suites); raises :class:`PolicyError`.
+    """
+    data, lines = _read_yaml(text, filename)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise PolicyError(_ordered(set(_problems(exc, lines, filename)), filename)) from None
+
+
+def load_yaml_model(model: type[M], path: str | Path) -> M:
+    """Read a YAML file and validate it with :func:`validate_yaml`."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise PolicyError([(str(p), 1, f"cannot read file: {exc.strerror}")]) from None
+    return validate_yaml(model, text, str(p))
+
+
+def _problems(
+    exc: ValidationError, lines: dict[Loc, Where], filename: str
+) -> Iterator[tuple[str, int, str]]:
+    for err in exc.errors():
+        loc = _clean_loc(err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown field {loc[-1]!r}" if loc else msg
+        yield (*_where(lines, loc, filename), f"{_loc_text(loc)}: {msg}")
+
+
 def parse_policy(text: str, filename: str = "<policy>", base_dir: Path | None = None) -> Policy:
     """Validate policy text; raise :class:`PolicyError` listing every problem.
 
@@ -155,14 +190,7 @@ def parse_policy(text: str, filename: str = "<policy>", base_dir: Path | None = 
     try:
         policy = Policy.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = _clean_loc(err["loc"])
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = f"unknown field {loc[-1]!r}" if loc else msg
-            problems.append((*_where(lines, loc, filename), f"{_loc_text(loc)}: {msg}"))
-        raise PolicyError(_ordered(set(problems), filename)) from None
+        raise PolicyError(_ordered(set(_problems(exc, lines, filename)), filename)) from None
     problems = [
         (*_where(lines, loc, filename), f"{_loc_text(loc)}: {reason}")
         for loc, reason in cross_check(policy)
