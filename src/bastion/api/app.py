@@ -26,6 +26,7 @@ from bastion.api import (
     routes_guard,
     routes_openai,
     routes_ops,
+    routes_prompts,
     routes_rag,
 )
 from bastion.api.errors import error_headers, to_error
@@ -39,6 +40,7 @@ from bastion.core.errors import BastionError, NotFound, PermissionDenied, Policy
 from bastion.gateway.auth import Principal, bearer
 from bastion.gateway.service import Gateway
 from bastion.guard.pipeline import guard_for
+from bastion.prompts.service import PromptService
 from bastion.telemetry.audit import AuditDraft
 from bastion.telemetry.batch import BatchQueue
 from bastion.telemetry.logging import AccessLog, event
@@ -81,6 +83,8 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("GET", "/v1/collections"): Route("rag", routes_rag.collections),
     ("POST", "/v1/collections"): Route("rag", routes_rag.collections),
     ("POST", "/v1/rag/query"): Route("rag", routes_rag.query),
+    ("GET", "/v1/prompts"): Route("prompts", routes_prompts.prompts),
+    ("POST", "/v1/prompts"): Route("prompts", routes_prompts.prompts),
     ("GET", "/admin/keys"): Route("admin", routes_admin.list_keys),
     ("POST", "/admin/keys"): Route("admin", routes_admin.create_key),
     ("GET", "/admin/tenants"): Route("admin", routes_admin.list_tenants),
@@ -103,6 +107,8 @@ PREFIX_ROUTES: list[tuple[str, str, Route]] = [
     ("POST", "/v1/collections/", Route("rag", routes_rag.collection_item)),
     ("DELETE", "/v1/collections/", Route("rag", routes_rag.collection_item)),
     ("GET", "/v1/jobs/", Route("rag", routes_rag.job_item)),
+    ("GET", "/v1/prompts/", Route("prompts", routes_prompts.prompt_item)),
+    ("POST", "/v1/prompts/", Route("prompts", routes_prompts.prompt_item)),
 ]
 _UNTRACKED = {"healthz", "readyz", "metrics"}
 
@@ -122,9 +128,11 @@ class BastionApp:
         meter: Meter | None = None,
         stores: Stores | None = None,
         rag: RagService | None = None,
+        prompts: PromptService | None = None,
     ) -> None:
         self.gateway = gateway
         self.rag = rag or RagService(None, None, unavailable="RAG is not configured on this server")
+        self.prompts = prompts  # the prompt registry (None: its endpoints answer unsupported)
         self.metrics = metrics
         self.tracing = tracing
         self.policy_path = policy_path

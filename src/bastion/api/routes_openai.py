@@ -17,6 +17,7 @@ from bastion.api.guarding import (
     schema_problems,
 )
 from bastion.api.http import dumps, sse_data, wait_disconnect
+from bastion.api.prompt_chat import apply_prompt
 from bastion.api.rag_chat import annotate_stream, completion_text, prepare_rag
 from bastion.core.errors import InvalidOutput, ModelNotFound
 from bastion.core.types import JSON, ChatRequest, EmbeddingRequest, RerankRequest
@@ -38,7 +39,8 @@ def _request_attrs(req: ChatRequest) -> dict[str, object]:
 
 async def chat_completions(app: BastionApp, ex: Exchange) -> None:
     principal = app.authenticate(ex)
-    req = parse(ChatRequest.from_body, await ex.req.json(app.max_body))
+    body = await apply_prompt(app, ex, principal, await ex.req.json(app.max_body))
+    req = parse(ChatRequest.from_body, body)
     ex.model = req.model
     ex.request_attrs = _request_attrs(req)
     plan = app.gateway.plan(principal, req.model, "chat")

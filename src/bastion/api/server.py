@@ -35,10 +35,12 @@ from bastion.gateway.cache_store import (
 from bastion.gateway.governance import Governor
 from bastion.gateway.quota import Counters, MemoryCounters
 from bastion.gateway.service import Gateway
+from bastion.prompts.service import PromptService
 from bastion.providers.base import CallContext
 from bastion.store.sql.audit import SqlAuditStore
 from bastion.store.sql.database import Database, open_database
 from bastion.store.sql.governance import SqlGovernanceStore
+from bastion.store.sql.prompts import SqlPromptStore
 from bastion.store.sql.usage import SqlPayloadStore, SqlUsageStore
 from bastion.store.sqlite import db as sqlite_db
 from bastion.telemetry.batch import BatchQueue
@@ -136,11 +138,12 @@ def build_app(
     """
     if policy is None:
         policy = load_policy(settings.policy_path) if settings.policy_path else embedded_policy()
-    dbs = [open_db(settings) for _ in range(4)]  # one connection per store: no lock contention
+    dbs = [open_db(settings) for _ in range(5)]  # one connection per store: no lock contention
     store = SqlGovernanceStore(dbs[0])
     audit_store = SqlAuditStore(dbs[1])
     usage_store = SqlUsageStore(dbs[2])
     payload_store = SqlPayloadStore(dbs[3])
+    prompt_store = SqlPromptStore(dbs[4])
     extra: list[KeyRecord] = []
     generated = None
     if settings.admin_key:
@@ -187,5 +190,6 @@ def build_app(
             closers=tuple(d.close for d in dbs),
         ),
         rag=open_rag(settings),
+        prompts=PromptService(prompt_store),
     )
     return Built(app, generated)

@@ -19,7 +19,7 @@ from bastion.core.errors import InvalidRequest
 if TYPE_CHECKING:
     from bastion.store.sql.database import PostgresDatabase
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MIGRATIONS: dict[int, list[str]] = {
     1: [
         """CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BIGINT NOT NULL)""",
@@ -124,6 +124,54 @@ MIGRATIONS: dict[int, list[str]] = {
             data TEXT NOT NULL,
             prev_hash TEXT NOT NULL,
             hash TEXT NOT NULL
+        )""",
+    ],
+    2: [  # the prompt registry
+        """CREATE TABLE IF NOT EXISTS prompts (
+            tenant_id TEXT NOT NULL,
+            name TEXT NOT NULL,
+            latest INTEGER NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (tenant_id, name)
+        )""",
+        """CREATE TABLE IF NOT EXISTS prompt_versions (
+            tenant_id TEXT NOT NULL,
+            name TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            messages TEXT NOT NULL,
+            variables TEXT NOT NULL,
+            model TEXT NOT NULL,
+            params TEXT NOT NULL,
+            eval_suites TEXT NOT NULL,
+            redteam_suites TEXT NOT NULL,
+            description TEXT NOT NULL,
+            content_hash TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            created_by TEXT,
+            PRIMARY KEY (tenant_id, name, version)
+        )""",
+        """CREATE TABLE IF NOT EXISTS prompt_labels (
+            tenant_id TEXT NOT NULL,
+            name TEXT NOT NULL,
+            label TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL,
+            updated_by TEXT,
+            PRIMARY KEY (tenant_id, name, label)
+        )""",
+        """CREATE TABLE IF NOT EXISTS prompt_label_events (
+            tenant_id TEXT NOT NULL,
+            name TEXT NOT NULL,
+            label TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            from_version INTEGER,
+            to_version INTEGER NOT NULL,
+            action TEXT NOT NULL,
+            actor TEXT,
+            reason TEXT,
+            ts DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (tenant_id, name, label, seq)
         )""",
     ],
 }

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bastion.core.errors import InvalidRequest
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE IF NOT EXISTS keys (
@@ -126,6 +126,54 @@ MIGRATIONS: dict[int, str] = {
     );
     CREATE INDEX IF NOT EXISTS payloads_ts ON payloads(ts);
     CREATE INDEX IF NOT EXISTS payloads_rid ON payloads(request_id);
+    """,
+    4: """
+    CREATE TABLE IF NOT EXISTS prompts (
+        tenant_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        latest INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (tenant_id, name)
+    );
+    CREATE TABLE IF NOT EXISTS prompt_versions (
+        tenant_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        messages TEXT NOT NULL,
+        variables TEXT NOT NULL,
+        model TEXT NOT NULL,
+        params TEXT NOT NULL,
+        eval_suites TEXT NOT NULL,
+        redteam_suites TEXT NOT NULL,
+        description TEXT NOT NULL,
+        content_hash TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        created_by TEXT,
+        PRIMARY KEY (tenant_id, name, version)
+    );
+    CREATE TABLE IF NOT EXISTS prompt_labels (
+        tenant_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        label TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        updated_at REAL NOT NULL,
+        updated_by TEXT,
+        PRIMARY KEY (tenant_id, name, label)
+    );
+    CREATE TABLE IF NOT EXISTS prompt_label_events (
+        tenant_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        label TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        from_version INTEGER,
+        to_version INTEGER NOT NULL,
+        action TEXT NOT NULL,
+        actor TEXT,
+        reason TEXT,
+        ts REAL NOT NULL,
+        PRIMARY KEY (tenant_id, name, label, seq)
+    );
     """,
 }
 
