@@ -136,11 +136,17 @@ def serve(
 def _register() -> None:
     from bastion.cli.admin import register as register_admin
     from bastion.cli.data import register as register_data
+    from bastion.cli.evals import register as register_evals
+    from bastion.cli.prompts import register as register_prompts
     from bastion.cli.rag import register as register_rag
+    from bastion.cli.redteam import register as register_redteam
 
     register_admin(app)
     register_data(app)
+    register_evals(app)
     register_rag(app)
+    register_prompts(app)
+    register_redteam(app)
 
 
 _register()
