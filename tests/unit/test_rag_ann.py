@@ -65,7 +65,7 @@ def test_graph_search_keeps_the_acl_inside_and_finds_the_exact_neighbours() -> N
 
 
 def test_rows_added_after_the_build_are_searchable_and_compaction_rebuilds() -> None:
-    index, vecs = build(3000)
+    index, _ = build(3000)
     assert index.wait_for_graph(60)
     new = np.zeros(DIMS, dtype=np.float32)
     new[0] = 1.0
@@ -81,7 +81,7 @@ def test_rows_added_after_the_build_are_searchable_and_compaction_rebuilds() -> 
 
 
 def test_small_collections_and_narrow_filters_stay_exact() -> None:
-    index, vecs = build(600)  # below ann_min_rows: no graph at all
+    index, _ = build(600)  # below ann_min_rows: no graph at all
     assert not index.wait_for_graph(1)
     big, bvecs = build(3000)
     assert big.wait_for_graph(60)

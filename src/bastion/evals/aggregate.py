@@ -1,8 +1,10 @@
 """Turn a run's rows into its summary: per-scorer aggregates, the gate verdict, cost, latency.
 
-:func:`summarize` reads the rows once, in any order, and keeps per scorer a
-handful of running sums, plus one small int per case (pass/fail flags for
-the consistency check) and one float per row (latencies, for percentiles).
+:func:`summarize` reads the rows once and keeps per scorer a handful of
+running sums, the pass/fail flags of the current case only (rows of a case
+arrive together, as :meth:`ResultStore.rows` yields them, in (case,
+repetition) order) and 8 bytes per row (latencies, for percentiles), so
+memory stays flat as suites grow.
 The summary it returns is plain JSON (no NaN, no infinity): the runner
 stores it with the run and every report reads it back.
 
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import json
 import math
+from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -91,13 +94,13 @@ def summarize(suite: Suite, rows: Iterable[CaseRow]) -> dict[str, Any]:
         s.label: _Acc(s, aggregate_on(s), higher_is_better(s), i)
         for i, s in enumerate(suite.scorers)
     }
-    case_flags: dict[str, int] = {}  # per case: bit 2i = passed once, bit 2i+1 = failed once
-    latencies: list[float] = []
+    cases = _Cases(len(accs))
+    latencies = array("d")
     n_rows = target_errors = unknown_cost = 0
     cost = 0.0
     for row in rows:
         n_rows += 1
-        flags = case_flags.get(row.case_id, 0)
+        flags = 0
         if row.error:
             target_errors += 1
         elif math.isfinite(row.latency_s):
@@ -128,18 +131,19 @@ def summarize(suite: Suite, rows: Iterable[CaseRow]) -> dict[str, Any]:
                 acc.errors += 1
                 if len(acc.error_examples) < 3:
                     acc.error_examples.append(f"{row.case_id}: no score recorded")
-        case_flags[row.case_id] = flags
+        cases.add(row.case_id, flags)
+    cases.close()
 
     scorers: dict[str, Any] = {}
     failures: list[str] = []
     for label, acc in accs.items():
-        entry = _scorer_summary(acc, case_flags, suite.repetitions)
+        entry = _scorer_summary(acc, cases, suite.repetitions)
         scorers[label] = entry
         if not entry["ok"]:
             failures.extend(f"{label}: {r}" for r in entry["reasons"])
         del entry["reasons"]
     return {
-        "cases": len(case_flags),
+        "cases": cases.count,
         "rows": n_rows,
         "repetitions": suite.repetitions,
         "target_errors": target_errors,
@@ -153,20 +157,52 @@ def summarize(suite: Suite, rows: Iterable[CaseRow]) -> dict[str, Any]:
     }
 
 
-def _scorer_summary(acc: _Acc, case_flags: dict[str, int], repetitions: int) -> dict[str, Any]:
+class _Cases:
+    """Per-scorer case counts, streamed over rows grouped by case.
+
+    Only the current case's flags are held (bit ``2i``: scorer ``i`` passed
+    a repetition, bit ``2i+1``: it failed one); a case is folded into the
+    counts when the next one starts.
+    """
+
+    def __init__(self, scorers: int) -> None:
+        self.count = 0
+        self.passed = [0] * scorers
+        self.flaky_count = [0] * scorers
+        self.flaky: list[list[str]] = [[] for _ in range(scorers)]
+        self._current: str | None = None
+        self._flags = 0
+
+    def add(self, case_id: str, flags: int) -> None:
+        if case_id != self._current:
+            self.close()
+            self._current = case_id
+            self.count += 1
+        self._flags |= flags
+
+    def close(self) -> None:
+        """Fold the current case in (call once more after the last row)."""
+        if self._current is None:
+            return
+        for i in range(len(self.passed)):
+            passed, failed = self._flags >> (2 * i) & 1, self._flags >> (2 * i + 1) & 1
+            if passed and not failed:
+                self.passed[i] += 1
+            elif passed and failed:
+                self.flaky_count[i] += 1
+                if len(self.flaky[i]) < FLAKY_LISTED:
+                    self.flaky[i].append(self._current)
+        self._current = None
+        self._flags = 0
+
+
+def _scorer_summary(acc: _Acc, cases: _Cases, repetitions: int) -> dict[str, Any]:
     spec = acc.spec
     mean = finite_or_none(acc.total / acc.scored) if acc.scored else None
     pass_rate = acc.passed / acc.flagged if acc.flagged else None
-    pass_bit, fail_bit = 1 << (2 * acc.index), 1 << (2 * acc.index + 1)
-    passed_cases = flaky_count = 0
-    flaky: list[str] = []
-    for case_id, flags in case_flags.items():
-        if flags & pass_bit and not flags & fail_bit:
-            passed_cases += 1
-        elif flags & pass_bit and flags & fail_bit:
-            flaky_count += 1
-            if len(flaky) < FLAKY_LISTED:
-                flaky.append(case_id)
+    passed_cases = cases.passed[acc.index]
+    flaky_count = cases.flaky_count[acc.index]
+    flaky = cases.flaky[acc.index]
     reasons: list[str] = []
     metric = pass_rate if acc.aggregate == "pass_rate" else mean
     # a pass rate is always "higher is better"; a mean follows the scorer's direction

@@ -14,8 +14,10 @@ or inline ``cases``. Files are read by extension:
 * ``.yaml`` / ``.yml``: a list of rows, or a mapping with a ``cases:`` list
   (loaded whole: YAML datasets are meant to be small and hand-written).
 
-JSONL and CSV are streamed: memory stays flat however long the file (only
-the ids seen so far are kept, to reject duplicates). Close the iterator
+JSONL and CSV are streamed: memory stays flat however long the file. Ids
+are checked for duplicates through an 8-byte hash per row, when the stream
+ends (the runner validates every row before its first call); a duplicate is
+then reported with both lines, found by a second read. Close the iterator
 (``contextlib.closing``) when you stop early, so the file is closed at once.
 
 Field names come from the :class:`~bastion.evals.suite.DatasetSpec`
@@ -35,12 +37,15 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import json
 import re
+from array import array
 from collections.abc import Generator, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
+import numpy as np
 import yaml
 
 from bastion.core.errors import InvalidRequest
@@ -69,38 +74,77 @@ def iter_cases(suite: Suite) -> Generator[Case, None, None]:
     malformed row, a duplicate id, a missing file or an unknown format.
     """
     spec = suite.dataset
-    seen: dict[str, int] = {}
+    hashes = array("q")
     csv_mode = False
     rows: Iterator[Row]
     path = suite.dataset_path()
-    if path is None:
-        rows = _inline_rows(spec.cases or [])
-    else:
-        kind = _format(path)
-        csv_mode = kind == ".csv"
-        rows = {".jsonl": _jsonl_rows, ".csv": _csv_rows}.get(kind, _yaml_rows)(path)
+    if path is not None:
+        csv_mode = _format(path) == ".csv"
+    rows = _rows(suite)
     if spec.limit is not None and spec.limit < 1:  # pragma: no cover - the schema forbids it
         return
     produced = 0
     try:
-        for index, (where, line, row) in enumerate(rows, start=1):
+        for index, (where, _line, row) in enumerate(rows, start=1):
             try:
                 case = _to_case(row, index, spec, csv_mode=csv_mode)
             except _RowError as exc:
                 raise InvalidRequest(f"{where}: {exc}") from None
-            if case.id in seen:
-                raise InvalidRequest(
-                    f"{where}: duplicate id {case.id!r} (first at {_at(path, seen[case.id])})"
-                )
-            seen[case.id] = line
+            hashes.append(_id_hash(case.id))
             produced += 1
             yield case
             if spec.limit is not None and produced >= spec.limit:
-                return
+                break
     finally:
         close = getattr(rows, "close", None)
         if close is not None:
             close()
+    _check_unique(suite, hashes)
+
+
+def _id_hash(case_id: str) -> int:
+    return int.from_bytes(
+        hashlib.blake2b(case_id.encode(), digest_size=8).digest(), "big", signed=True
+    )
+
+
+def _check_unique(suite: Suite, hashes: array[int]) -> None:
+    """Raise for the first repeated id (8 bytes a row; a second read names the lines)."""
+    if len(hashes) < 2:
+        return
+    ordered = np.sort(np.frombuffer(hashes, dtype=np.int64))
+    repeated = ordered[1:][ordered[1:] == ordered[:-1]]
+    if not len(repeated):
+        return
+    suspects = {int(h) for h in repeated}
+    spec = suite.dataset
+    path = suite.dataset_path()
+    rows = _rows(suite)
+    first: dict[str, int] = {}
+    try:
+        for index, (where, line, row) in enumerate(rows, start=1):
+            if spec.limit is not None and index > spec.limit:
+                break
+            case = _to_case(row, index, spec, csv_mode=path is not None and _format(path) == ".csv")
+            if _id_hash(case.id) not in suspects:
+                continue
+            if case.id in first:
+                raise InvalidRequest(
+                    f"{where}: duplicate id {case.id!r} (first at {_at(path, first[case.id])})"
+                )
+            first[case.id] = line
+    finally:
+        close = getattr(rows, "close", None)
+        if close is not None:
+            close()
+
+
+def _rows(suite: Suite) -> Iterator[Row]:
+    path = suite.dataset_path()
+    if path is None:
+        return _inline_rows(suite.dataset.cases or [])
+    kind = _format(path)
+    return {".jsonl": _jsonl_rows, ".csv": _csv_rows}.get(kind, _yaml_rows)(path)
 
 
 def count_cases(suite: Suite) -> int:
