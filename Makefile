@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8080
 
-.PHONY: setup serve test lint typecheck pytest bench clean
+.PHONY: setup serve test lint typecheck pytest gate bench clean
 
 setup: $(VENV)/.installed
 
@@ -34,6 +34,21 @@ pytest: setup
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest
+
+# Bastion's own release gate (run by .ci/run after the tests): eval suites and a
+# red-team suite against the bundled local model with guards on, in process.
+GATE_DIR ?= .gate
+GATE_POLICY := evals/ci/policy.yaml
+gate: setup
+	rm -rf $(GATE_DIR) && mkdir -p $(GATE_DIR)
+	$(BIN)/bastion db upgrade --data-dir $(GATE_DIR)
+	$(BIN)/bastion ingest evals/ci/handbook --collection handbook --policy $(GATE_POLICY) --data-dir $(GATE_DIR)
+	for suite in smoke structured retrieval; do \
+	  $(BIN)/bastion eval run evals/ci/$$suite.yaml --policy $(GATE_POLICY) --data-dir $(GATE_DIR) \
+	    --junit $(GATE_DIR)/$$suite.xml --report-html $(GATE_DIR)/$$suite.html || exit 1; \
+	done
+	$(BIN)/bastion redteam run evals/ci/redteam.yaml --policy $(GATE_POLICY) --data-dir $(GATE_DIR) \
+	  --out $(GATE_DIR)/redteam
 
 bench: setup
 	$(BIN)/python bench/gateway/run.py
