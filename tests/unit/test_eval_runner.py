@@ -24,15 +24,9 @@ from bastion.core.errors import (
     UpstreamTimeout,
 )
 from bastion.evals.client import HttpModelClient, error_from_response, is_transient
+from bastion.evals.estimate import estimate_cost, policy_prices
 from bastion.evals.ports import CaseRow, RunInfo
-from bastion.evals.runner import (
-    BATCH_ROWS,
-    backoff_s,
-    estimate_cost,
-    make_gate,
-    policy_prices,
-    run_suite,
-)
+from bastion.evals.runner import BATCH_ROWS, backoff_s, make_gate, run_suite
 from bastion.evals.suite import Suite
 from bastion.evals.targets import build_target
 from bastion.evals.types import JSON, Case, ChatResult, Score

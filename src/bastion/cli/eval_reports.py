@@ -19,9 +19,7 @@ import typer
 
 from bastion.cli.common import DataDir, err, out, settings
 from bastion.core.errors import BastionError
-from bastion.evals.compare import compare_runs, comparison_markdown, render_comparison
 from bastion.evals.ports import ResultStore
-from bastion.evals.report import render_terminal, write_html, write_junit, write_markdown
 
 EXIT_REGRESSION = 1
 EXIT_MISSING = 2
@@ -85,6 +83,8 @@ def compare_cmd(
 ) -> None:
     """Compare a candidate run with a baseline; exit 1 on a regression beyond tolerance."""
     with _store(results, data_dir) as store:
+        from bastion.evals.compare import compare_runs, comparison_markdown, render_comparison
+
         cmp = compare_runs(store, baseline, candidate, tolerance=tolerance)
     render_comparison(cmp, out)
     if markdown is not None:
@@ -113,6 +113,8 @@ def report_cmd(
         if info is None:
             err.print(f"error: no eval run {run!r}", markup=False)
             raise typer.Exit(EXIT_MISSING)
+        from bastion.evals.report import render_terminal, write_html, write_junit, write_markdown
+
         render_terminal(info, out)
         for path, write in ((md, write_markdown), (html, write_html), (junit, write_junit)):
             if path is not None:

@@ -100,7 +100,7 @@ def _dry_run(suite: Suite, url: str | None, policy: Path | None) -> None:
     from bastion.config.defaults import embedded_policy
     from bastion.config.loader import load_policy
     from bastion.evals.datasets import iter_cases
-    from bastion.evals.runner import estimate_cost, policy_prices
+    from bastion.evals.estimate import estimate_cost, policy_prices
 
     prices = None
     if policy is not None or not url:

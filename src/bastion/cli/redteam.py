@@ -16,19 +16,18 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bastion.cli.common import DataDir, err, out
-from bastion.cli.eval_client import open_client
 from bastion.core.errors import BastionError, PolicyError
-from bastion.evals.redteam.fixtures import clients_for_key_of
-from bastion.evals.redteam.gate import Verdict, evaluate
-from bastion.evals.redteam.report import summarize, table, write_reports
-from bastion.evals.redteam.runner import RedteamResult, run_redteam
-from bastion.evals.redteam.suite import RedteamSuite, load_redteam_suite
+
+if TYPE_CHECKING:  # imported where used: `bastion --help` stays fast
+    from bastion.evals.redteam.gate import Verdict
+    from bastion.evals.redteam.runner import RedteamResult
+    from bastion.evals.redteam.suite import RedteamSuite
 
 redteam_app = typer.Typer(
     no_args_is_help=True, help="Red-team a model through the gateway (OWASP LLM Top 10 probes)."
@@ -73,6 +72,10 @@ async def _run(
         bar.update(task, completed=done, total=total)
 
     headers = {"x-bastion-tags": f"redteam,redteam:{suite.name}"}
+    from bastion.cli.eval_client import open_client
+    from bastion.evals.redteam.fixtures import clients_for_key_of
+    from bastion.evals.redteam.runner import run_redteam
+
     async with open_client(
         url=url, api_key=api_key, policy=policy, data_dir=data_dir, headers=headers
     ) as client:
@@ -87,6 +90,8 @@ async def _run(
 
 
 def _print(result: RedteamResult, suite: RedteamSuite, verdict: Verdict) -> None:
+    from bastion.evals.redteam.report import summarize, table
+
     summary = summarize(result.records, suite)
     out.print(table(summary, suite))
     for note in result.notes:
@@ -124,12 +129,17 @@ def run(
 ) -> None:
     """Run a red-team suite; exit 0 when the gate passes, 1 when it fails, 2 on usage errors."""
     try:
+        from bastion.evals.redteam.suite import load_redteam_suite
+
         suite = load_redteam_suite(suite_file)
         if concurrency is not None:
             suite = suite.model_copy(update={"concurrency": concurrency})
         result = asyncio.run(_run(suite, url, api_key, policy, data_dir, limit))
     except BastionError as exc:
         raise _usage_error(exc) from None
+    from bastion.evals.redteam.gate import evaluate
+    from bastion.evals.redteam.report import summarize, write_reports
+
     summary = summarize(result.records, suite)
     verdict = evaluate(summary, suite)
     _print(result, suite, verdict)
