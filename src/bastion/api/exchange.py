@@ -38,6 +38,7 @@ class Exchange:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     request_attrs: dict[str, object] = field(default_factory=dict)
+    extra_headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # sent on any answer
     # governance (set by bastion.api.metering)
     principal: Principal | None = None
     dep: Deployment | None = None
@@ -67,6 +68,7 @@ class Exchange:
             h.append((b"x-bastion-deployment", self.deployment.encode()))
         h.append((b"x-bastion-overhead-ms", f"{self.overhead_s() * 1000:.3f}".encode()))
         h.extend(self.governance_headers())
+        h.extend(self.extra_headers)
         return h
 
     def governance_headers(self) -> list[tuple[bytes, bytes]]:

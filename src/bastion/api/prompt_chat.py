@@ -20,7 +20,6 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from bastion.api.exchange import Exchange
-from bastion.api.http import Message
 from bastion.api.routes_prompts import service, tenant_of
 from bastion.core.errors import InvalidRequest
 from bastion.core.types import JSON
@@ -66,7 +65,8 @@ async def apply_prompt(app: BastionApp, ex: Exchange, principal: Principal, body
         del out["bastion"]
     tag = f"prompt:{rendered.version.ref}"
     _tag_request(ex, tag)
-    _add_header(ex, b"x-bastion-prompt", rendered.version.ref.encode())
+    ex.extra_headers.append((b"x-bastion-prompt", rendered.version.ref.encode()))
+    ex.request_attrs["bastion.prompt"] = rendered.version.ref
     return out
 
 
@@ -74,15 +74,3 @@ def _tag_request(ex: Exchange, tag: str) -> None:
     """Add ``tag`` as if the caller had sent it in ``x-bastion-tags`` (first, so it is kept)."""
     sent = ex.req.headers.get("x-bastion-tags")
     ex.req.headers["x-bastion-tags"] = f"{tag},{sent}" if sent else tag
-
-
-def _add_header(ex: Exchange, name: bytes, value: bytes) -> None:
-    """Send ``name: value`` with the response's headers, whatever the response is."""
-    send = ex.send
-
-    async def with_header(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            message = {**message, "headers": [*message.get("headers", ()), (name, value)]}
-        await send(message)
-
-    ex.send = with_header

@@ -42,7 +42,7 @@ async def chat_completions(app: BastionApp, ex: Exchange) -> None:
     body = await apply_prompt(app, ex, principal, await ex.req.json(app.max_body))
     req = parse(ChatRequest.from_body, body)
     ex.model = req.model
-    ex.request_attrs = _request_attrs(req)
+    ex.request_attrs = {**ex.request_attrs, **_request_attrs(req)}
     plan = app.gateway.plan(principal, req.model, "chat")
     req, turn, grounded = await prepare_rag(app, ex, principal, req)
     if grounded is not None:  # nothing relevant was found: say so, no model call
