@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from bastion.core.errors import BastionError
+from bastion.core.errors import BastionError, PolicyError
 from bastion.core.settings import Settings
 from bastion.store.sql.database import Database, open_database
 from bastion.store.sqlite import db as sqlite_db
@@ -49,6 +49,20 @@ def errors_exit() -> Iterator[None]:
     except BastionError as exc:
         err.print(f"error: {exc.message}", markup=False)
         raise typer.Exit(1) from None
+
+
+EXIT_USAGE = 2
+"""Exit status of a command given a bad file, option or reference."""
+
+
+def usage_error(exc: BastionError) -> typer.Exit:
+    """Print a usage error (``file:line: reason`` lines for a bad YAML file); exit 2."""
+    if isinstance(exc, PolicyError):
+        for name, line, reason in exc.problems:
+            err.print(f"{name}:{line}: {reason}", markup=False, soft_wrap=True)
+    else:
+        err.print(f"error: {exc.message}", markup=False, soft_wrap=True)
+    return typer.Exit(EXIT_USAGE)
 
 
 def ts(v: float | None) -> str:

@@ -31,7 +31,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from bastion.cli.common import DataDir, err, out, ts
+from bastion.cli.common import DataDir, err, out, ts, usage_error
 from bastion.cli.eval_reports import compare_cmd, report_cmd, results_path
 from bastion.core.errors import BastionError, PolicyError
 from bastion.core.settings import Settings
@@ -65,15 +65,6 @@ def register(app: typer.Typer) -> None:
     eval_app.command("compare")(compare_cmd)
     eval_app.command("report")(report_cmd)
     app.add_typer(eval_app, name="eval")
-
-
-def _usage_error(exc: BastionError) -> typer.Exit:
-    if isinstance(exc, PolicyError):
-        for name, line, reason in exc.problems:
-            err.print(f"{name}:{line}: {reason}", markup=False, soft_wrap=True)
-    else:
-        err.print(f"error: {exc.message}", markup=False, soft_wrap=True)
-    return typer.Exit(EXIT_USAGE)
 
 
 def _prepare(
@@ -192,7 +183,7 @@ def run(
 
         store = SqliteResultStore(results_path(results, data_dir))
     except BastionError as exc:
-        raise _usage_error(exc) from None
+        raise usage_error(exc) from None
     try:
         baseline = _resolve(store, baseline, "compare with")
         resume = _resolve(store, resume, "resume")
@@ -216,7 +207,7 @@ def _resolve(store: SqliteResultStore, ref: str | None, what: str) -> str | None
         if found is None:
             raise BastionError(f"no run {ref!r} to {what} in {store.path}")
     except BastionError as exc:
-        raise _usage_error(exc) from None
+        raise usage_error(exc) from None
     return found.id
 
 
@@ -270,7 +261,7 @@ def _run(
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except BastionError as exc:
         if isinstance(exc, PolicyError):  # the in-process gateway's policy file
-            raise _usage_error(exc) from None
+            raise usage_error(exc) from None
         err.print(f"error: {exc.code}: {exc.message}", markup=False, soft_wrap=True)
         _resume_hint(store, run_id)
         raise typer.Exit(EXIT_USAGE) from None
@@ -305,7 +296,7 @@ def _regressed(store: SqliteResultStore, baseline: str, run: RunInfo, tol: float
     try:
         cmp = compare_runs(store, baseline, run.id, tolerance=tol)
     except BastionError as exc:
-        raise _usage_error(exc) from None
+        raise usage_error(exc) from None
     render_comparison(cmp, out)
     if cmp.regressions:
         names = ", ".join(d.scorer for d in cmp.regressions)

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from bastion.cli.common import DataDir, err, out
-from bastion.core.errors import BastionError, PolicyError
+from bastion.cli.common import DataDir, err, out, usage_error
+from bastion.core.errors import BastionError
 
 if TYPE_CHECKING:  # imported where used: `bastion --help` stays fast
     from bastion.evals.redteam.gate import Verdict
@@ -32,21 +32,12 @@ if TYPE_CHECKING:  # imported where used: `bastion --help` stays fast
 redteam_app = typer.Typer(
     no_args_is_help=True, help="Red-team a model through the gateway (OWASP LLM Top 10 probes)."
 )
-EXIT_FAIL, EXIT_USAGE = 1, 2
+EXIT_FAIL = 1
 
 
 def register(app: typer.Typer) -> None:
     """Attach ``bastion redteam`` to the main app."""
     app.add_typer(redteam_app, name="redteam")
-
-
-def _usage_error(exc: BastionError) -> typer.Exit:
-    if isinstance(exc, PolicyError):
-        for name, line, reason in exc.problems:
-            err.print(f"{name}:{line}: {reason}", markup=False, soft_wrap=True)
-    else:
-        err.print(f"error: {exc.message}", markup=False, soft_wrap=True)
-    return typer.Exit(EXIT_USAGE)
 
 
 async def _run(
@@ -136,7 +127,7 @@ def run(
             suite = suite.model_copy(update={"concurrency": concurrency})
         result = asyncio.run(_run(suite, url, api_key, policy, data_dir, limit))
     except BastionError as exc:
-        raise _usage_error(exc) from None
+        raise usage_error(exc) from None
     from bastion.evals.redteam.gate import evaluate
     from bastion.evals.redteam.report import summarize, write_reports
 
