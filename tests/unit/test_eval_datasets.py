@@ -179,3 +179,22 @@ def test_large_jsonl_is_streamed(tmp_path: Path) -> None:
     assert [c.id for c in first[:2]] == ["c0", "c1"] and len(first) == 100
     assert peak < 1_000_000, f"peak {peak} bytes: the file was not streamed"
     assert count_cases(s) == 50_000
+
+
+def test_prompt_targets_need_no_input_of_their_own(tmp_path: Path) -> None:
+    rows = '{"id": "a", "variables": {"name": "Ada"}, "expected": "Ada"}\n'
+    path = write(tmp_path, "p.jsonl", rows)
+    prompt_suite = Suite.model_validate(
+        {
+            "name": "t",
+            "target": {"prompt": "greet@production"},
+            "dataset": {"path": path},
+            "scorers": [{"type": "contains"}],
+            "base_dir": tmp_path,
+        }
+    )
+    (case,) = list(iter_cases(prompt_suite))
+    assert case.input == [] and case.variables == {"name": "Ada"}
+    # a model target still needs the question
+    with pytest.raises(InvalidRequest, match=r"p\.jsonl:1: missing field 'input'"):
+        list(iter_cases(suite(tmp_path, path=path)))

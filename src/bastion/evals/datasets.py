@@ -75,6 +75,7 @@ def iter_cases(suite: Suite) -> Generator[Case, None, None]:
     """
     spec = suite.dataset
     hashes = array("q")
+    input_optional = suite.target.kind == "prompt"
     csv_mode = False
     rows: Iterator[Row]
     path = suite.dataset_path()
@@ -87,7 +88,7 @@ def iter_cases(suite: Suite) -> Generator[Case, None, None]:
     try:
         for index, (where, _line, row) in enumerate(rows, start=1):
             try:
-                case = _to_case(row, index, spec, csv_mode=csv_mode)
+                case = _to_case(row, index, spec, csv_mode=csv_mode, input_optional=input_optional)
             except _RowError as exc:
                 raise InvalidRequest(f"{where}: {exc}") from None
             hashes.append(_id_hash(case.id))
@@ -125,7 +126,13 @@ def _check_unique(suite: Suite, hashes: array[int]) -> None:
         for index, (where, line, row) in enumerate(rows, start=1):
             if spec.limit is not None and index > spec.limit:
                 break
-            case = _to_case(row, index, spec, csv_mode=path is not None and _format(path) == ".csv")
+            case = _to_case(
+                row,
+                index,
+                spec,
+                csv_mode=path is not None and _format(path) == ".csv",
+                input_optional=suite.target.kind == "prompt",
+            )
             if _id_hash(case.id) not in suspects:
                 continue
             if case.id in first:
@@ -309,7 +316,16 @@ def _json_cell(name: str, text: str) -> Any:
         raise _RowError(f"column {name!r}: invalid JSON: {exc.msg}") from None
 
 
-def _to_case(row: Mapping[str, Any], index: int, spec: DatasetSpec, *, csv_mode: bool) -> Case:
+def _to_case(
+    row: Mapping[str, Any],
+    index: int,
+    spec: DatasetSpec,
+    *,
+    csv_mode: bool,
+    input_optional: bool = False,
+) -> Case:
+    """One row as a case; ``input_optional`` (prompt targets, whose template holds the
+    messages): a row without an input sends no messages of its own."""
     word = "column" if csv_mode else "field"
     fields = {
         spec.id_field,
@@ -328,9 +344,14 @@ def _to_case(row: Mapping[str, Any], index: int, spec: DatasetSpec, *, csv_mode:
         if not case_id:
             case_id = str(index)
 
-    if spec.input_field not in row:
+    raw_input = row.get(spec.input_field)
+    text_or_messages: str | list[JSON]
+    if input_optional and raw_input in (None, ""):
+        text_or_messages = []
+    elif spec.input_field not in row:
         raise _RowError(f"missing {word} {spec.input_field!r}")
-    text_or_messages = _input(row[spec.input_field], csv_mode=csv_mode)
+    else:
+        text_or_messages = _input(raw_input, csv_mode=csv_mode)
 
     expected = row.get(spec.expected_field)
     if csv_mode and isinstance(expected, str) and _looks_json(expected):
