@@ -377,3 +377,14 @@ def test_cli_promote_runs_the_attached_suites_as_gates(
     assert admin(server, "GET", "/v1/prompts/gated").json()["labels"] == {"production": 1}
     kinds = [e["kind"] for e in audit_export(server) if e["data"].get("prompt") == "gated"]
     assert kinds[-2:] == ["prompt.promote", "prompt.promote.refused"]
+
+
+def test_a_version_must_name_a_chat_model_the_key_may_use(
+    server: BastionServer, keys: dict[str, str]
+) -> None:
+    body = {**GREET, "name": "m", "model": "no-such-model"}
+    r = call(server, keys["dev"], "POST", "/v1/prompts", body)
+    assert r.status_code == 404, r.text
+    assert r.json()["error"]["code"] == "model_not_found"
+    r = call(server, keys["dev"], "GET", "/v1/prompts/m")
+    assert r.status_code == 404  # nothing was stored

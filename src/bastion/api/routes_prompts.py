@@ -81,6 +81,8 @@ async def prompts(app: BastionApp, ex: Exchange) -> None:
         return
     require_role(principal, WRITE_ROLES, "creating prompt versions")
     body = parse(NewPrompt.model_validate, await ex.req.json(app.max_body))
+    # the version must name a chat alias this key may use (the policy as it is now)
+    app.gateway.plan(principal, body.model, "chat")
     version, created = await asyncio.to_thread(
         svc.create_version, tenant, body.name, body, actor=principal.key_id
     )
