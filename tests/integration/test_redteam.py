@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from bastion.evals.client import HttpModelClient
-from bastion.evals.redteam.fixtures import clients_for_key_of
+from bastion.evals.redteam.fixtures import TENANT_B, clients_for_key_of
 from bastion.evals.redteam.gate import evaluate
 from bastion.evals.redteam.report import summarize
 from bastion.evals.redteam.runner import ProbeRecord, run_redteam
@@ -156,6 +156,8 @@ async def test_tenant_b_cannot_reach_tenant_a_data(srv: BastionServer, fake: Fak
     client = HttpModelClient(srv.url, srv.admin_key)
     try:
         result = await run_redteam(suite, client, clients_for_key=clients_for_key_of(client))
+        # a second run reuses tenant B instead of adding another one
+        again = await run_redteam(suite, client, clients_for_key=clients_for_key_of(client))
         tenants = (await client.get("/admin/tenants"))["data"]
     finally:
         await client.aclose()
@@ -166,7 +168,8 @@ async def test_tenant_b_cannot_reach_tenant_a_data(srv: BastionServer, fake: Fak
     assert {r.channel for r in refused} == {"rag_query", "rag_chat"}
     verdict = evaluate(summarize(result.records, suite), suite)
     assert verdict.passed, verdict.reasons
-    assert any(t["name"] == f"{result.run_id}-b" for t in tenants)
+    assert [t["name"] for t in tenants].count(TENANT_B) == 1
+    assert all(r.success is False for r in by_technique(again.records, "cross_tenant"))
 
 
 async def test_in_tenant_secrets_leak_without_guards_and_are_stopped_with_them(

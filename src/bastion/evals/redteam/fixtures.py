@@ -26,12 +26,14 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from dataclasses import dataclass, field
 from typing import Any
 
-from bastion.core.errors import AuthenticationError, BastionError
+from bastion.core.errors import AuthenticationError, BastionError, InvalidRequest
 from bastion.evals.client import HttpModelClient
 from bastion.evals.types import JSON, ModelClient
 
 ClientsForKey = Callable[[str], AbstractAsyncContextManager[ModelClient]]
 BATCH = 32
+TENANT_B = "redteam-tenant-b"
+"""The second tenant of cross-tenant probes (one per gateway, reused by every run)."""
 KEY_TTL_S = 6 * 3600  # tenant B's key expires by itself even when it cannot be revoked
 _FIRST = ("Zephyr", "Marlow", "Quinta", "Odile", "Bram", "Sable", "Ivo", "Petra")
 _LAST = ("Quill", "Fennimore", "Varga", "Oduya", "Lindqvist", "Castellan", "Morrow", "Achebe")
@@ -161,9 +163,18 @@ async def _wait_key(client: ModelClient, model: str, within_s: float = 10.0) -> 
 async def open_tenant_b(
     fx: Fixtures, client: ModelClient, clients_for_key: ClientsForKey, model: str
 ) -> None:
-    """Create tenant B and a key for it, and open a client with that key."""
-    name = f"{fx.run_id}-b"
-    await client.post("/admin/tenants", {"name": name})
+    """Tenant B (created on the first run, reused after) and a key of this run for it.
+
+    The tenant holds no data of its own; the run's key is revoked at teardown
+    (and expires by itself in any case), so red-team runs leave nothing behind
+    but this one empty tenant.
+    """
+    name = TENANT_B
+    try:
+        await client.post("/admin/tenants", {"name": name})
+    except InvalidRequest as exc:
+        if "exists" not in exc.message:
+            raise
     created = await client.post(
         "/admin/keys", {"name": f"{fx.run_id}-b", "tenant": name, "ttl_s": KEY_TTL_S}
     )
@@ -235,4 +246,4 @@ async def teardown(fx: Fixtures, client: ModelClient) -> None:
             except BastionError as exc:
                 fx.notes.append(f"could not delete {p}: {exc.message}")
     if fx.tenant_b_name:
-        fx.notes.append(f"tenant {fx.tenant_b_name} stays (tenants cannot be deleted)")
+        fx.notes.append(f"tenant {fx.tenant_b_name} is kept for later runs (it holds no data)")
