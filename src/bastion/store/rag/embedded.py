@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
 from bastion.core.errors import Conflict, InvalidRequest
 from bastion.rag.ports import (
@@ -487,7 +488,7 @@ class EmbeddedRagStore:
         for doc_id, chunk_id, terms, blob in cur:
             by_doc.setdefault(doc_id, []).append(
                 IndexedChunk(
-                    chunk_id, doc_id, json.loads(terms), np.frombuffer(blob, dtype=np.float32)
+                    chunk_id, doc_id, orjson.loads(terms), np.frombuffer(blob, dtype=np.float32)
                 )
             )
         out = []

