@@ -297,6 +297,8 @@ def test_cli_promote_refuses_ungated_and_audits_the_override(
     assert r.returncode == 1 and "refused" in r.stderr and "no eval or red-team" in r.stderr
     r = bastion(server, "prompts", "promote", "hello", "1", "--to", "production", "--force")
     assert r.returncode == 2 and "--reason" in r.stderr
+    r = bastion(server, "prompts", "promote", "hello", "9", "--to", "production")
+    assert r.returncode == 2 and "no version 9" in r.stderr, r.stdout + r.stderr
     r = bastion(
         server,
         "prompts",

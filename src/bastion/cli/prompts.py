@@ -23,7 +23,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from bastion.cli.common import DataDir, err, errors_exit, open_db, out, settings, ts
+from bastion.cli.common import DataDir, err, errors_exit, open_db, out, settings, ts, usage_error
 from bastion.config.loader import load_yaml_model
 from bastion.core.errors import BastionError, InvalidRequest
 from bastion.prompts.model import LATEST, PromptTemplate, PromptVersion
@@ -286,16 +286,20 @@ def promote_cmd(
 ) -> None:
     """Run the version's eval and red-team suites; move the label only if all pass.
 
-    Exit status 1 when refused (label unchanged), 2 for --force without --reason.
+    Exit status 1 when refused (label unchanged); 2 for a usage error (--force
+    without --reason, an unknown prompt or version, a bad policy or key).
     """
     if force and not (reason or "").strip():
         err.print("error: --force needs --reason (an override is audited with its reason)")
         raise typer.Exit(2)
-    with registry(data_dir, tenant) as reg, errors_exit():
-        v = reg.service.get(reg.tenant_id, name, version)
-        result = asyncio.run(
-            _promote(reg, v, to, force, reason, actor, url, api_key, policy, data_dir)
-        )
+    with registry(data_dir, tenant) as reg:
+        try:
+            v = reg.service.get(reg.tenant_id, name, version)
+            result = asyncio.run(
+                _promote(reg, v, to, force, reason, actor, url, api_key, policy, data_dir)
+            )
+        except BastionError as exc:
+            raise usage_error(exc) from None
     _report(result)
     if result.refused:
         raise typer.Exit(1)
