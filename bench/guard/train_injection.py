@@ -362,6 +362,57 @@ META_TEMPLATES = (
 )
 
 
+# Benign requests with an output-format constraint or a text task: ordinary prompts
+# ("Which animal says meow? Answer with one word.", "Translate 'thank you' into
+# Spanish.") that a model trained on attack corpora takes for instructions.
+FORMAT_CONSTRAINTS = (
+    "Answer with one word.",
+    "Answer in one word.",
+    "Reply with a number only.",
+    "Answer with yes or no.",
+    "Answer in one sentence.",
+    "Keep it under 50 words.",
+    "Only give the answer, no explanation.",
+    "Use bullet points.",
+    "Reply in JSON.",
+    "Format the answer as a table.",
+    "Be brief.",
+    "Explain it like I am ten.",
+    "Give three examples.",
+    "Answer in Spanish.",
+    "Respond in French, please.",
+    "Please answer step by step.",
+)
+TASK_TEMPLATES = (
+    'Translate "{}" into {}.',
+    "Translate '{}' to {}.",
+    "How do you say '{}' in {}?",
+    "Summarize this in one sentence: {}",
+    "Rewrite this more politely: {}",
+    "Fix the grammar and spelling: {}",
+    "Classify the sentiment of this review as positive or negative: {}",
+    "Give this text a short title: {}",
+)
+TASK_LANGUAGES = ("Spanish", "French", "German", "Italian", "Portuguese", "Japanese")
+
+
+def format_rows(benign: list[str], n: int, rng: np.random.Generator) -> list[str]:
+    """``n`` benign rows: a benign training question with a format constraint, or a
+    text task (translate, summarise, rewrite) over a benign training phrase."""
+    short = [t.strip() for t in benign if 8 <= len(t.strip()) <= 160 and "\n" not in t]
+    out = []
+    for i in range(n):
+        text = short[int(rng.integers(len(short)))]
+        if i % 2 == 0:
+            constraint = FORMAT_CONSTRAINTS[int(rng.integers(len(FORMAT_CONSTRAINTS)))]
+            out.append(f"{_end(text)} {constraint}")
+        else:
+            template = TASK_TEMPLATES[int(rng.integers(len(TASK_TEMPLATES)))]
+            lang = TASK_LANGUAGES[int(rng.integers(len(TASK_LANGUAGES)))]
+            out.append(template.format(text.rstrip(".?!"), lang))
+    return out
+
+
 def augment(
     train: Split,
     docs: list[str],
@@ -370,6 +421,7 @@ def augment(
     n_meta: int = 0,
     seed: int = SEED,
     n_intl: int = 0,
+    n_format: int = 0,
 ) -> Split:
     """``train`` plus synthetic rows built from train data only:
 
@@ -381,7 +433,9 @@ def augment(
     * with ``n_intl``: Django's translated messages (benign, six languages), ``n_intl``
       benign joins of 2-4 of them, and the templated attacks and look-alikes of
       :func:`injection_data.synthetic_rows` in es/pt/it/fr/de. Without them the
-      model takes Spanish, French or Portuguese software text for an attack.
+      model takes Spanish, French or Portuguese software text for an attack;
+    * ``n_format`` benign questions with a format constraint and benign text tasks
+      (:func:`format_rows`).
     """
     rng = np.random.default_rng(seed)
     benign = [t for t, y in zip(train.texts, train.labels, strict=True) if y == 0]
@@ -418,6 +472,9 @@ def augment(
         synth, synth_labels = D.synthetic_rows(N_SYNTH, N_SYNTH // 2, seed)
         texts += synth
         labels += synth_labels
+    if n_format:
+        texts += format_rows(benign, n_format, rng)
+        labels += [0] * n_format
     return Split(train.texts + texts, np.concatenate([train.labels, np.array(labels)]))
 
 
@@ -507,6 +564,7 @@ N_DOC = 16_000
 N_META = 500  # fixes "what does '<attack>' mean?"; costs ~1 point of val BA
 N_INTL = 2_000  # joins of translated messages (plus all of them, and the templated rows)
 N_SYNTH = 300  # templated attacks per language (half as many benign look-alikes)
+N_FORMAT = 0  # benign format-constraint rows: off in the shipped weights (see --format-rows)
 GRID = [(c, n_mix, 240) for c in (10.0, 30.0) for n_mix in (1_500, 3_000)]
 
 
@@ -514,6 +572,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="skip the search: C=30, 1500, 240")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument(
+        "--format-rows",
+        type=int,
+        default=N_FORMAT,
+        help="benign format-constraint/task rows to add (experiment; 0 in the shipped weights)",
+    )
     args = ap.parse_args()
     t0 = time.time()
     data = load_data()
@@ -529,7 +593,9 @@ def main() -> None:
     results = []
     print("\n    C  n_mix window | val BA s-labs neuralchemy | stdlib doc FPR | hidden recall")
     for c, n_mix, window in grid:
-        rows = augment(train, units["train"], N_DOC, n_mix, N_META, n_intl=N_INTL)
+        rows = augment(
+            train, units["train"], N_DOC, n_mix, N_META, n_intl=N_INTL, n_format=args.format_rows
+        )
         fitted = fit(rows, SPEC, c)
         model, info = calibrate(replace(fitted, window=window), data, val_docs["stdlib"])
         bas = [info[f"{s}/{CAL}"]["ba"] for s in TRAIN_SOURCES]
@@ -550,7 +616,8 @@ def main() -> None:
         f"(Apache-2.0) train without {', '.join(EXCLUDED_SOURCES)}; Python "
         f"{platform.python_version()} standard library (PSF-2.0) train units",
         "train_rows": str(len(train)),
-        "augmentation": f"n_doc={N_DOC} n_meta={N_META} n_intl={N_INTL} n_mix={n_mix}",
+        "augmentation": f"n_doc={N_DOC} n_meta={N_META} n_intl={N_INTL} n_mix={n_mix}"
+        + (f" n_format={args.format_rows}" if args.format_rows else ""),
         "c": str(c),
         "validation": json.dumps(
             {
