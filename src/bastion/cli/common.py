@@ -11,6 +11,14 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from bastion.core.errors import BastionError, PolicyError
 from bastion.core.settings import Settings
@@ -21,6 +29,16 @@ from bastion.store.sqlite import db as sqlite_db
 out = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True)
 
+PolicyFile = Annotated[
+    Path | None,
+    typer.Option("--policy", "-p", envvar="BASTION_POLICY", help="Policy file."),
+]
+GatewayUrl = Annotated[
+    str | None, typer.Option("--url", help="A running gateway (default: in process).")
+]
+GatewayKey = Annotated[
+    str | None, typer.Option("--api-key", help="Key for --url (or BASTION_API_KEY).")
+]
 DataDir = Annotated[
     Path | None,
     typer.Option("--data-dir", envvar="BASTION_DATA_DIR", help="Embedded-mode data directory."),
@@ -63,6 +81,23 @@ def usage_error(exc: BastionError) -> typer.Exit:
     else:
         err.print(f"error: {exc.message}", markup=False, soft_wrap=True)
     return typer.Exit(EXIT_USAGE)
+
+
+def progress_bar(*extra: ProgressColumn, terminal_only: bool = True) -> Progress:
+    """The commands' progress bar on stderr: label, bar, done/total, elapsed, ``extra``.
+
+    ``terminal_only`` hides it when stderr is not a terminal (CI logs get the result only).
+    """
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        *extra,
+        console=err,
+        transient=True,
+        disable=terminal_only and not err.is_terminal,
+    )
 
 
 def ts(v: float | None) -> str:

@@ -23,15 +23,22 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
     Progress,
     TextColumn,
-    TimeElapsedColumn,
 )
 from rich.table import Table
 
-from bastion.cli.common import DataDir, err, out, ts, usage_error
+from bastion.cli.common import (
+    DataDir,
+    GatewayKey,
+    GatewayUrl,
+    PolicyFile,
+    err,
+    out,
+    progress_bar,
+    ts,
+    usage_error,
+)
 from bastion.cli.eval_reports import compare_cmd, report_cmd, results_path
 from bastion.core.errors import BastionError, PolicyError
 from bastion.core.settings import Settings
@@ -53,10 +60,6 @@ Results = Annotated[
         envvar="BASTION_EVAL_RESULTS",
         help="Results file (default: DATA_DIR/evals.db).",
     ),
-]
-PolicyOpt = Annotated[
-    Path | None,
-    typer.Option("--policy", "-p", envvar="BASTION_POLICY", help="Policy (in-process gateway)."),
 ]
 
 
@@ -116,16 +119,7 @@ def _dry_run(suite: Suite, url: str | None, policy: Path | None) -> None:
 def _progress_bar(
     total: int,
 ) -> tuple[Progress, Callable[[int, int], None], Callable[[CaseRow], None]]:
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("[red]{task.fields[errors]} errors"),
-        console=err,
-        transient=True,
-        disable=not err.is_terminal,
-    )
+    bar = progress_bar(TextColumn("[red]{task.fields[errors]} errors"))
     task = bar.add_task("cases", total=total, errors=0)
     errors = 0
 
@@ -144,13 +138,9 @@ def _progress_bar(
 @eval_app.command("run")
 def run(
     suite_file: Annotated[Path, typer.Argument(metavar="SUITE", help="The suite YAML file.")],
-    url: Annotated[
-        str | None, typer.Option("--url", help="A running gateway (default: in-process).")
-    ] = None,
-    api_key: Annotated[
-        str | None, typer.Option("--api-key", help="Key for --url (or BASTION_API_KEY).")
-    ] = None,
-    policy: PolicyOpt = None,
+    url: GatewayUrl = None,
+    api_key: GatewayKey = None,
+    policy: PolicyFile = None,
     data_dir: DataDir = None,
     results: Results = None,
     dry_run: Annotated[

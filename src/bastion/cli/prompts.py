@@ -23,7 +23,19 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from bastion.cli.common import DataDir, err, errors_exit, open_db, out, settings, ts, usage_error
+from bastion.cli.common import (
+    DataDir,
+    GatewayKey,
+    GatewayUrl,
+    PolicyFile,
+    err,
+    errors_exit,
+    open_db,
+    out,
+    settings,
+    ts,
+    usage_error,
+)
 from bastion.config.loader import load_yaml_model
 from bastion.core.errors import BastionError, InvalidRequest
 from bastion.prompts.model import LATEST, PromptTemplate, PromptVersion
@@ -270,16 +282,9 @@ def promote_cmd(
         bool, typer.Option("--force", help="Move the label despite failed gates (admin).")
     ] = False,
     reason: Reason = None,
-    url: Annotated[
-        str | None, typer.Option("--url", help="Bastion URL the suites call (default: in process).")
-    ] = None,
-    api_key: Annotated[
-        str | None, typer.Option("--api-key", envvar="BASTION_API_KEY", help="Key for --url.")
-    ] = None,
-    policy: Annotated[
-        Path | None,
-        typer.Option("--policy", "-p", envvar="BASTION_POLICY", help="Policy (in process)."),
-    ] = None,
+    url: GatewayUrl = None,
+    api_key: GatewayKey = None,
+    policy: PolicyFile = None,
     tenant: TenantOpt = "default",
     actor: Actor = "cli",
     data_dir: DataDir = None,

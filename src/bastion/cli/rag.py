@@ -19,10 +19,9 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 from numpy.typing import NDArray
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bastion.cli.common import DataDir, err, errors_exit, out, settings
+from bastion.cli.common import DataDir, PolicyFile, err, errors_exit, out, progress_bar, settings
 from bastion.config.defaults import embedded_policy
 from bastion.config.loader import load_policy
 from bastion.core.errors import BastionError
@@ -35,9 +34,6 @@ from bastion.rag.ports import Access, Acl, Collection, Filters, RagStore
 from bastion.rag.retrieve import embedding_vectors
 
 rag_app = typer.Typer(no_args_is_help=True, help="Retrieval: collections and queries.")
-Policy_ = Annotated[
-    Path | None, typer.Option("--policy", "-p", envvar="BASTION_POLICY", help="Policy file.")
-]
 Tenant = Annotated[str, typer.Option(help="Tenant id that owns the collection.")]
 
 
@@ -104,7 +100,7 @@ def ingest(
     chunk_tokens: Annotated[int, typer.Option(help="Chunk size of a new collection.")] = 256,
     chunk_overlap: Annotated[int, typer.Option(help="Overlap of a new collection.")] = 32,
     tenant: Tenant = DEFAULT_TENANT,
-    policy: Policy_ = None,
+    policy: PolicyFile = None,
     data_dir: DataDir = None,
 ) -> None:
     """Ingest files into a collection; unchanged files are skipped, deleted ones removed."""
@@ -125,14 +121,7 @@ def ingest(
             docs: list[SourceDocument] = []
             failures: list[ExtractFailure] = []
             scopes: set[str] = set()
-            with Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=err,
-                transient=True,
-            ) as bar:
+            with progress_bar(terminal_only=False) as bar:
                 parse = bar.add_task("parsing", total=len(files))
                 for path, root in files:
                     scopes.add(_scope(path, root, paths))
@@ -205,7 +194,7 @@ def query(
     text: Annotated[str, typer.Argument(help="The query.")],
     top_k: Annotated[int, typer.Option(help="Results.")] = 5,
     tenant: Tenant = DEFAULT_TENANT,
-    policy: Policy_ = None,
+    policy: PolicyFile = None,
     data_dir: DataDir = None,
 ) -> None:
     """Search a collection (as the tenant's admin: every document)."""

@@ -19,9 +19,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from bastion.cli.common import DataDir, err, out, usage_error
+from bastion.cli.common import (
+    DataDir,
+    GatewayKey,
+    GatewayUrl,
+    PolicyFile,
+    out,
+    progress_bar,
+    usage_error,
+)
 from bastion.core.errors import BastionError
 
 if TYPE_CHECKING:  # imported where used: `bastion --help` stays fast
@@ -48,15 +55,7 @@ async def _run(
     data_dir: Path | None,
     limit: int | None,
 ) -> RedteamResult:
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-        disable=not err.is_terminal,
-    )
+    bar = progress_bar()
     task = bar.add_task("probes", total=None)
 
     def progress(done: int, total: int) -> None:
@@ -98,16 +97,9 @@ def _print(result: RedteamResult, suite: RedteamSuite, verdict: Verdict) -> None
 @redteam_app.command("run")
 def run(
     suite_file: Annotated[Path, typer.Argument(metavar="SUITE", help="The red-team suite YAML.")],
-    url: Annotated[
-        str | None, typer.Option("--url", help="A running gateway (default: in-process).")
-    ] = None,
-    api_key: Annotated[
-        str | None, typer.Option("--api-key", help="Key for --url (or BASTION_API_KEY).")
-    ] = None,
-    policy: Annotated[
-        Path | None,
-        typer.Option("--policy", "-p", envvar="BASTION_POLICY", help="Policy (in-process)."),
-    ] = None,
+    url: GatewayUrl = None,
+    api_key: GatewayKey = None,
+    policy: PolicyFile = None,
     data_dir: DataDir = None,
     out_dir: Annotated[
         Path | None,

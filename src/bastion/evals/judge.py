@@ -51,6 +51,7 @@ from bastion.core.errors import (
 from bastion.evals.ports import JudgeCache
 from bastion.evals.scorers import BaseScorer, Unscorable, parse_json_text
 from bastion.evals.suite import ScorerSpec
+from bastion.evals.targets import completion_text
 from bastion.evals.types import JSON, Case, ModelClient, Output, Score
 
 __all__ = [
@@ -200,11 +201,8 @@ def parse_verdict(text: str) -> Verdict:
 
 
 def _content(body: JSON) -> str:
-    try:
-        content = body["choices"][0]["message"]["content"]
-    except (KeyError, IndexError, TypeError):
-        raise ValueError("the judge's reply has no message") from None
-    if not isinstance(content, str):
+    content = completion_text(body)
+    if not content:
         raise ValueError("the judge's reply has no text")
     return content
 

@@ -40,20 +40,29 @@ def messages_of(case: Case, system: str | None) -> list[JSON]:
     return msgs
 
 
-def output_of_chat(body: JSON, *, latency_s: float, cost_usd: float | None, status: int) -> Output:
-    """An :class:`Output` from an OpenAI chat completion body."""
+def _choice(body: JSON) -> JSON:
     choices = body.get("choices") or []
-    choice: JSON = choices[0] if choices and isinstance(choices[0], dict) else {}
-    message: JSON = choice.get("message") or {}
-    content = message.get("content")
+    return choices[0] if choices and isinstance(choices[0], dict) else {}
+
+
+def completion_text(body: JSON) -> str:
+    """The first choice's message text of a chat completion ("" when there is none)."""
+    content = (_choice(body).get("message") or {}).get("content")
     if isinstance(content, list):  # content parts
         content = "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return content if isinstance(content, str) else ""
+
+
+def output_of_chat(body: JSON, *, latency_s: float, cost_usd: float | None, status: int) -> Output:
+    """An :class:`Output` from an OpenAI chat completion body."""
+    choice = _choice(body)
+    message: JSON = choice.get("message") or {}
     usage: JSON = body.get("usage") or {}
     raw_ext = body.get("bastion")
     ext: JSON = raw_ext if isinstance(raw_ext, dict) else {}
     citations = [c for c in body.get("citations") or [] if isinstance(c, dict)]
     return Output(
-        text=content if isinstance(content, str) else "",
+        text=completion_text(body),
         tool_calls=[t for t in message.get("tool_calls") or [] if isinstance(t, dict)],
         citations=citations,
         retrieved=_retrieved_of(citations),

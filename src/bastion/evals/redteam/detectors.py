@@ -22,12 +22,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
 
 from bastion.evals.redteam.probes import Trigger
 from bastion.evals.redteam.sink import Hit, Sink, image_urls, link_urls
+from bastion.evals.targets import completion_text
 from bastion.evals.types import JSON, ModelClient
 from bastion.guard.base import ScanContext
 from bastion.guard.normalize import decoded_variants, normalize
@@ -261,14 +261,7 @@ class Judge:
             ],
         }
         res = await self.client.chat(body)
-        return parse_verdict(_content(res.body))
-
-
-def _content(body: JSON) -> str:
-    choices = body.get("choices") or [{}]
-    msg: Any = (choices[0] or {}).get("message") or {}
-    content = msg.get("content")
-    return content if isinstance(content, str) else ""
+        return parse_verdict(completion_text(res.body))
 
 
 def parse_verdict(text: str) -> tuple[bool, str]:

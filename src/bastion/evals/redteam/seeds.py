@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from importlib import resources
-from typing import Literal
+from typing import Literal, get_args
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -37,17 +37,9 @@ Category = Literal[
     "output_handling",
     "unbounded_consumption",
 ]
-CATEGORIES: tuple[Category, ...] = (
-    "direct_injection",
-    "jailbreak",
-    "indirect_injection",
-    "prompt_extraction",
-    "sensitive_disclosure",
-    "output_handling",
-    "unbounded_consumption",
-)
+CATEGORIES: tuple[Category, ...] = get_args(Category)
 Severity = Literal["low", "medium", "high", "critical"]
-SEVERITIES: tuple[Severity, ...] = ("low", "medium", "high", "critical")
+SEVERITIES: tuple[Severity, ...] = get_args(Severity)
 
 # OWASP Top 10 for LLM Applications (2025): the id each category is tagged with
 OWASP: dict[str, str] = {

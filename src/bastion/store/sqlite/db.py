@@ -178,10 +178,13 @@ MIGRATIONS: dict[int, str] = {
 }
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    """Open ``path`` (creating its directory) in autocommit mode with WAL."""
+def connect(path: Path, timeout: float = 10) -> sqlite3.Connection:
+    """Open ``path`` (creating its directory) in autocommit mode with WAL.
+
+    ``timeout`` is how long a write waits for another connection's lock.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=timeout)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     return conn

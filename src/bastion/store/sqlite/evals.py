@@ -14,10 +14,10 @@ run is never loaded whole.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import orjson
 from bastion.core.errors import InvalidRequest
 from bastion.evals.ports import CaseRow, RunInfo
 from bastion.evals.types import Score
+from bastion.store.sqlite import db as sqlite_db
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -74,14 +75,7 @@ def _dumps(v: Any) -> str:
 
 def score_json(s: Score) -> dict[str, Any]:
     """A score with every field (errors and details included)."""
-    return {
-        "scorer": s.scorer,
-        "value": s.value,
-        "passed": s.passed,
-        "explanation": s.explanation,
-        "error": s.error,
-        "details": s.details,
-    }
+    return asdict(s)
 
 
 def score_of(d: dict[str, Any]) -> Score:
@@ -124,22 +118,13 @@ def _row(r: Sequence[Any]) -> CaseRow:
     )
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, check_same_thread=False, timeout=30, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA busy_timeout=30000")
-    return conn
-
-
 class SqliteResultStore:
     """Runs, rows and judge verdicts in one SQLite file (created on first open)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = _connect(self.path)
+        self._db = sqlite_db.connect(self.path, timeout=30)
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             self._db.close()
@@ -259,7 +244,7 @@ class SqliteResultStore:
 
     def rows(self, run_id: str) -> Iterator[CaseRow]:
         """The run's rows in (case id, repetition) order, read in pages of 500."""
-        conn = _connect(self.path)
+        conn = sqlite_db.connect(self.path, timeout=30)
         try:
             cur = conn.execute(
                 f"SELECT {_ROW_COLS} FROM rows WHERE run_id = ? ORDER BY case_id, repetition",
