@@ -39,6 +39,9 @@ test: lint typecheck pytest
 # red-team suite against the bundled local model with guards on, in process.
 GATE_DIR ?= .gate
 GATE_POLICY := evals/ci/policy.yaml
+# A throwaway admin key for the in-process gateway, so a fresh data directory does
+# not generate (and print) one into the CI log.
+gate: export BASTION_ADMIN_KEY = bst-gate-$(shell od -An -N18 -tx1 /dev/urandom | tr -d ' \n')
 gate: setup
 	rm -rf $(GATE_DIR) && mkdir -p $(GATE_DIR)
 	$(BIN)/bastion db upgrade --data-dir $(GATE_DIR)
