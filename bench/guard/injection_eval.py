@@ -190,13 +190,22 @@ def loso(
     """Leave one source out: train on one source with the shipped recipe (its train split
     and validation-fit half), threshold on its validation-cal half, test on the other."""
     c = float(meta.get("c", "30"))
-    n_mix = int(meta.get("augmentation", "n_mix=3000").split("n_mix=")[-1])
+    recipe = dict(kv.split("=") for kv in meta.get("augmentation", "n_mix=3000").split())
+    n_mix, n_translate = int(recipe["n_mix"]), int(recipe.get("n_translate", 0))
+    n_format = int(recipe.get("n_format", 0))
     shipped = load_model()
     val_docs = T.doc_sets(data, units["validation"], T.CAL)["stdlib"]
     out: dict[str, Any] = {}
     for src, other in (("s-labs", "neuralchemy"), ("neuralchemy", "s-labs")):
         rows = T.augment(
-            T.train_set(data, (src,)), units["train"], T.N_DOC, n_mix, T.N_META, n_intl=T.N_INTL
+            T.train_set(data, (src,)),
+            units["train"],
+            T.N_DOC,
+            n_mix,
+            T.N_META,
+            n_intl=T.N_INTL,
+            n_translate=n_translate,
+            n_format=n_format,
         )
         fitted = replace(T.fit(rows, shipped.spec, c), window=shipped.window)
         model, _ = T.calibrate(fitted, data, val_docs, sources=(src,))

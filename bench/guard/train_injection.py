@@ -4,6 +4,8 @@ Reproducible: fixed seeds, pinned data, deterministic solver. Run from the
 repository root with the project venv (Python 3.11)::
 
     .venv/bin/pip install scikit-learn pandas pyarrow   # training/eval only
+    apt-get install dict-freedict-eng-spa dict-freedict-eng-por \
+        dict-freedict-eng-ita dict-freedict-eng-fra dict-freedict-eng-deu
     .venv/bin/python bench/guard/train_injection.py
 
 Data (all openly licensed):
@@ -20,16 +22,24 @@ Data (all openly licensed):
   Django's message catalogues (BSD-3-Clause) for training, Sphinx's
   (BSD-2-Clause) for validation, plus templated attacks and look-alikes in those
   languages (``injection_data.py``). Without them the model flags about a fifth
-  of Spanish, French and Portuguese software messages.
+  of Spanish, French and Portuguese software messages;
+* FreeDict's English-to-X dictionaries (GPL, Debian packages): 30,000 labelled
+  training rows, both classes, rewritten word by word into those five
+  languages (``lexicon.py``), so that attacks in them share the stems the
+  features see;
+* 1,000 benign questions with an output constraint ("Reply in JSON.") and
+  benign text tasks (:func:`format_rows`), so such requests pass.
 
 Protocol: each source's validation split is halved by a hash of the text. The
 model is fitted on the train splits, the *validation-fit* halves, and the
 synthetic rows built from those (standard-library passages, injections hidden
 in code/prose and among chat rows, questions about quoted attacks, translated
-messages); the regularisation and the mixture count are chosen on the held-out
-*validation-cal* halves, which also set the operating point (score 0.5): benign
-false-positive rate at most 2% on each validation-cal half, on Sphinx's
-messages (pooled), and on 2,000-char standard-library validation documents.
+messages, rows translated word by word, constraint rows); the regularisation
+and the mixture count are chosen on the held-out *validation-cal* halves and on
+2,000 of their rows translated the same way. The validation-cal halves also set
+the operating point (score 0.5): benign false-positive rate at most 2% on each
+validation-cal half, on Sphinx's messages (pooled), and on 2,000-char
+standard-library validation documents.
 Test splits are only read by ``bench/guard/injection_eval.py``.
 
 Rows of neuralchemy's ``wildguard_judgecomp`` source are dropped from every split:
@@ -62,6 +72,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 
 import injection_data as D  # noqa: E402
+import lexicon as X  # noqa: E402
 
 from bastion.guard.injection import (  # noqa: E402
     FeatureSpec,
@@ -422,6 +433,7 @@ def augment(
     seed: int = SEED,
     n_intl: int = 0,
     n_format: int = 0,
+    n_translate: int = 0,
 ) -> Split:
     """``train`` plus synthetic rows built from train data only:
 
@@ -435,7 +447,9 @@ def augment(
       :func:`injection_data.synthetic_rows` in es/pt/it/fr/de. Without them the
       model takes Spanish, French or Portuguese software text for an attack;
     * ``n_format`` benign questions with a format constraint and benign text tasks
-      (:func:`format_rows`).
+      (:func:`format_rows`);
+    * ``n_translate`` labelled training rows (both classes) rewritten word by word
+      into es/pt/it/fr/de with FreeDict dictionaries (:mod:`lexicon`).
     """
     rng = np.random.default_rng(seed)
     benign = [t for t, y in zip(train.texts, train.labels, strict=True) if y == 0]
@@ -475,6 +489,10 @@ def augment(
     if n_format:
         texts += format_rows(benign, n_format, rng)
         labels += [0] * n_format
+    if n_translate:
+        rows, row_labels = X.translated_rows(train.texts, train.labels.tolist(), n_translate, seed)
+        texts += rows
+        labels += row_labels
     return Split(train.texts + texts, np.concatenate([train.labels, np.array(labels)]))
 
 
@@ -556,6 +574,10 @@ def calibrate(
         lang: float((z > short).mean()) for lang, z in intl_z.items()
     }  # same decisions as ``cal`` (short texts use ``bias``)
     info["stdlib_hidden_recall"] = float((logits(cal, docs.dirty) > 0).mean())
+    texts = [t for n in names for t in data[n].texts]
+    labels = [y for n in names for y in data[n].labels.tolist()]
+    moved, moved_y = X.translated_rows(texts, labels, 2_000, SEED + 7)
+    info["translated_val"] = rates(logits(cal, moved), np.array(moved_y), 0.0)
     return cal, info
 
 
@@ -564,7 +586,8 @@ N_DOC = 16_000
 N_META = 500  # fixes "what does '<attack>' mean?"; costs ~1 point of val BA
 N_INTL = 2_000  # joins of translated messages (plus all of them, and the templated rows)
 N_SYNTH = 300  # templated attacks per language (half as many benign look-alikes)
-N_FORMAT = 0  # benign format-constraint rows: off in the shipped weights (see --format-rows)
+N_TRANSLATE = 30_000  # labelled rows rewritten word by word into es/pt/it/fr/de
+N_FORMAT = 1_000  # benign questions with an output constraint, and text tasks
 GRID = [(c, n_mix, 240) for c in (10.0, 30.0) for n_mix in (1_500, 3_000)]
 
 
@@ -576,8 +599,15 @@ def main() -> None:
         "--format-rows",
         type=int,
         default=N_FORMAT,
-        help="benign format-constraint/task rows to add (experiment; 0 in the shipped weights)",
+        help="benign format-constraint/task rows to add",
     )
+    ap.add_argument(
+        "--translate",
+        type=int,
+        default=N_TRANSLATE,
+        help="labelled rows to rewrite word by word into es/pt/it/fr/de (needs FreeDict)",
+    )
+    ap.add_argument("--grid", help="C values to search, comma-separated (default 10,30)")
     args = ap.parse_args()
     t0 = time.time()
     data = load_data()
@@ -590,18 +620,30 @@ def main() -> None:
     val_docs = doc_sets(data, units["validation"], CAL)
 
     grid = [(30.0, 1_500, 240)] if args.quick else GRID
+    if args.grid:
+        grid = [(float(c), 3_000, 240) for c in args.grid.split(",")]
     results = []
-    print("\n    C  n_mix window | val BA s-labs neuralchemy | stdlib doc FPR | hidden recall")
+    print(
+        "\n    C  n_mix window | val BA s-labs neuralchemy translated"
+        " | stdlib doc FPR | hidden recall"
+    )
     for c, n_mix, window in grid:
         rows = augment(
-            train, units["train"], N_DOC, n_mix, N_META, n_intl=N_INTL, n_format=args.format_rows
+            train,
+            units["train"],
+            N_DOC,
+            n_mix,
+            N_META,
+            n_intl=N_INTL,
+            n_format=args.format_rows,
+            n_translate=args.translate,
         )
         fitted = fit(rows, SPEC, c)
         model, info = calibrate(replace(fitted, window=window), data, val_docs["stdlib"])
-        bas = [info[f"{s}/{CAL}"]["ba"] for s in TRAIN_SOURCES]
+        bas = [info[f"{s}/{CAL}"]["ba"] for s in TRAIN_SOURCES] + [info["translated_val"]["ba"]]
         results.append((float(np.mean(bas)), info["stdlib_hidden_recall"], c, n_mix, model, info))
         print(
-            f"{c:5.0f} {n_mix:6d} {window:6d} | {bas[0]:.4f} {bas[1]:.4f}"
+            f"{c:5.0f} {n_mix:6d} {window:6d} | {bas[0]:.4f} {bas[1]:.4f} {bas[2]:.4f}"
             f" | {info['stdlib_docs_fpr']:.3f} | {info['stdlib_hidden_recall']:.3f}"
         )
     best_ba = max(r[0] for r in results)
@@ -617,7 +659,8 @@ def main() -> None:
         f"{platform.python_version()} standard library (PSF-2.0) train units",
         "train_rows": str(len(train)),
         "augmentation": f"n_doc={N_DOC} n_meta={N_META} n_intl={N_INTL} n_mix={n_mix}"
-        + (f" n_format={args.format_rows}" if args.format_rows else ""),
+        + (f" n_format={args.format_rows}" if args.format_rows else "")
+        + (f" n_translate={args.translate}" if args.translate else ""),
         "c": str(c),
         "validation": json.dumps(
             {

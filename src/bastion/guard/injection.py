@@ -291,7 +291,10 @@ class InjectionClassifier:
         size = self._window or model.window
         groups = featurize(text, model.spec)
         spans = windows(text, size)
-        z = window_logits(model.weights, groups, spans)
+        if len(spans) == 1:  # a short text: one window, cheaper without the batching
+            z = np.array([window_logit(model.weights, window_buckets(groups, *spans[0]))])
+        else:
+            z = window_logits(model.weights, groups, spans)
         best = int(np.argmax(z))  # the first of equal scores, as a loop would keep
         best_z, (best_start, best_end) = float(z[best]), spans[best]
         bias = model.bias if len(text) <= size else model.doc_bias
