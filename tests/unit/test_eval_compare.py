@@ -21,6 +21,7 @@ from bastion.evals.ports import CaseRow, RunInfo
 from bastion.evals.suite import Suite
 from bastion.evals.types import Score
 from bastion.store.sqlite.evals import SqliteResultStore
+from tests.unit.eval_helpers import make_suite
 
 
 class MemoryStore:
@@ -66,18 +67,6 @@ class MemoryStore:
 
     def close(self) -> None:
         pass
-
-
-def make_suite(*scorers: dict[str, Any], repetitions: int = 1) -> Suite:
-    return Suite.model_validate(
-        {
-            "name": "demo",
-            "target": {"model": "chat"},
-            "dataset": {"cases": [{"input": "x"}]},
-            "scorers": list(scorers),
-            "repetitions": repetitions,
-        }
-    )
 
 
 EXACT = make_suite({"type": "exact", "threshold": 0.8})

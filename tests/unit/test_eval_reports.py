@@ -22,18 +22,7 @@ from bastion.evals.report import md_cell, render_terminal, write_html, write_jun
 from bastion.evals.suite import Suite
 from bastion.evals.types import Score
 from bastion.store.sqlite.evals import SqliteResultStore
-
-
-def make_suite(*scorers: dict[str, Any], repetitions: int = 1) -> Suite:
-    return Suite.model_validate(
-        {
-            "name": "demo",
-            "target": {"model": "chat"},
-            "dataset": {"cases": [{"input": "x"}]},
-            "scorers": list(scorers),
-            "repetitions": repetitions,
-        }
-    )
+from tests.unit.eval_helpers import make_suite
 
 
 def row(
