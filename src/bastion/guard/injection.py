@@ -206,9 +206,12 @@ def window_logits(
     are sorted by start and by end), found with one ``searchsorted`` per group. The
     numerator is the sum of the features' weights (a difference of prefix sums); the
     norm is the square root of the sum of squared bucket counts, from one sort of
-    ``(window, bucket)`` keys.
+    ``(window, bucket)`` keys. A single window (a short text) takes the direct path
+    of :func:`window_logit`, which is cheaper for one.
     """
     k = len(spans)
+    if k == 1:
+        return np.array([window_logit(weights, window_buckets(groups, *spans[0]))])
     bits = int(weights.size).bit_length() - 1  # buckets are < 2**bits
     dtype = np.int32 if k < 1 << (31 - bits) else np.int64  # int32 keys sort twice as fast
     starts = np.fromiter((a for a, _ in spans), np.int64, k)
@@ -222,7 +225,7 @@ def window_logits(
         if total == 0:
             continue
         prefix = np.concatenate(([0.0], np.cumsum(weights[buckets], dtype=np.float64)))
-        numerators += np.where(lengths > 0, prefix[np.maximum(hi, lo)] - prefix[lo], 0.0)
+        numerators += np.where(lengths > 0, prefix[hi] - prefix[lo], 0.0)
         win: NDArray[np.signedinteger[Any]] = np.repeat(np.arange(k, dtype=dtype), lengths)
         offsets = np.cumsum(lengths) - lengths
         idx = np.arange(total, dtype=np.int64) - np.repeat(offsets - lo, lengths)
@@ -235,9 +238,8 @@ def window_logits(
     run_starts = np.concatenate(([0], edges))
     runs = np.diff(np.concatenate((run_starts, [len(key)])))
     sq = np.bincount(key[run_starts] >> bits, weights=runs.astype(np.float64) ** 2, minlength=k)
-    num = numerators
     out = np.zeros(k)
-    np.divide(num, np.sqrt(sq), out=out, where=sq > 0)
+    np.divide(numerators, np.sqrt(sq), out=out, where=sq > 0)
     return out
 
 
@@ -291,10 +293,7 @@ class InjectionClassifier:
         size = self._window or model.window
         groups = featurize(text, model.spec)
         spans = windows(text, size)
-        if len(spans) == 1:  # a short text: one window, cheaper without the batching
-            z = np.array([window_logit(model.weights, window_buckets(groups, *spans[0]))])
-        else:
-            z = window_logits(model.weights, groups, spans)
+        z = window_logits(model.weights, groups, spans)
         best = int(np.argmax(z))  # the first of equal scores, as a loop would keep
         best_z, (best_start, best_end) = float(z[best]), spans[best]
         bias = model.bias if len(text) <= size else model.doc_bias
